@@ -1,0 +1,42 @@
+# housebox: `make demo` runs the pipeline on the built-in corpus, `make test` runs the test suite.
+# Both create the virtual environment and install everything on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.housebox-installed
+SYSTEM_PACKAGES := espeak-ng
+
+.PHONY: demo test test-fast install system-deps bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 goes first: it is the CPU wheel; the project's range then installs nothing more.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,av]'
+	touch $(STAMP)
+
+# Debian packages the tests use (espeak-ng: speech for the vocal-removal test).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/housebox demo -o demo
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info src/*.egg-info

@@ -1,0 +1,177 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import music_like, write, write_m4a
+from housebox.cli import main
+from housebox.data.prepare import PrepareSettings, load_track, prepare, read_manifest
+
+SR = 16000
+SETTINGS = PrepareSettings(sample_rate=SR, min_seconds=1.0, max_seconds=30.0)
+
+
+def make_mixed_folder(root, is_root: bool, monkeypatch):
+    """Good files in every format with labels from all three sources, plus one broken file of each kind."""
+    good = {
+        "Alice/deep house/a1.wav": music_like(5.0, 44100, seed=1),
+        "Alice/deep house/a2.flac": music_like(5.0, 22050, seed=2),
+        "Bob/garage/b1.ogg": music_like(5.0, 22050, seed=3),
+        "Bob/garage/b2.mp3": music_like(5.0, 44100, seed=4),
+        "loose/c1.m4a": music_like(5.0, 22050, seed=5),
+    }
+    for rel, x in good.items():
+        sr = 44100 if rel.endswith(("a1.wav", "b2.mp3")) else 22050
+        (write_m4a if rel.endswith(".m4a") else write)(root / rel, x, sr)
+    # tags beat folder names: b1 is tagged with another artist
+    import mutagen
+
+    tagged = mutagen.File(str(root / "Bob/garage/b1.ogg"), easy=True)
+    tagged["artist"] = "Carol"
+    tagged.save()
+    (root / "labels.csv").write_text("path,artist,genre\nloose/c1.m4a,Dana,tech house; garage\n")
+
+    bad = root / "bad"
+    reference = (root / "Alice/deep house/a1.wav").read_bytes()
+    (bad / "x").mkdir(parents=True)
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "truncated.wav").write_bytes(reference[: len(reference) // 2])
+    (bad / "notaudio.mp3").write_bytes(b"<html>not audio</html>" * 50)
+    (bad / "zerolength.wav").write_bytes(reference[:44])
+    write(bad / "silent.wav", np.zeros((2, SR * 2), np.float32), SR)
+    nan = music_like(2.0, SR)
+    nan[0, 100] = np.nan
+    write(bad / "nan.wav", nan, SR, subtype="FLOAT")
+    write(bad / "huge.flac", music_like(40.0, 8000, channels=1), 8000)
+    write(bad / "short.wav", music_like(0.5, SR), SR)
+    locked = write(bad / "locked.wav", music_like(2.0, SR, seed=9), SR)
+    os.chmod(locked, 0)
+    if is_root:  # root reads anything: make the opener refuse this one file as the kernel would
+        import builtins
+
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if str(file) == str(locked):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff not a picture")
+    expected_reasons = {
+        "empty.wav": "empty file",
+        "truncated.wav": "truncated",
+        "notaudio.mp3": "cannot decode",
+        "zerolength.wav": "zero-length",
+        "silent.wav": "all silent",
+        "nan.wav": "NaN",
+        "huge.flac": "too long",
+        "short.wav": "too short",
+        "locked.wav": "permission denied",
+    }
+    return good, expected_reasons
+
+
+def test_prepare_mixed_folder(tmp_path, is_root, monkeypatch, capsys):
+    src, data = tmp_path / "src", tmp_path / "data"
+    good, expected = make_mixed_folder(src, is_root, monkeypatch)
+    report = prepare(src, data, SETTINGS, labels_csv=src / "labels.csv", progress=False)
+
+    rows = read_manifest(data)
+    assert len(rows) == len(good) == len(report.prepared)
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    assert set(by_name) == {os.path.basename(p) for p in good}
+    # labels: csv > tags > folders > unknown
+    assert (by_name["a1.wav"]["artist"], by_name["a1.wav"]["genres"]) == ("Alice", ["deep house"])
+    assert (by_name["b1.ogg"]["artist"], by_name["b1.ogg"]["genres"]) == ("Carol", ["garage"])
+    assert (by_name["b2.mp3"]["artist"], by_name["b2.mp3"]["genres"]) == ("Bob", ["garage"])
+    assert (by_name["c1.m4a"]["artist"], by_name["c1.m4a"]["genres"]) == ("Dana", ["tech house", "garage"])
+    labels = json.loads((data / "labels.json").read_text())
+    assert labels["artists"][0] == "unknown" and labels["genres"][0] == "unknown"
+    assert set(labels["artists"]) == {"unknown", "Alice", "Bob", "Carol", "Dana"}
+    assert set(labels["genres"]) == {"unknown", "deep house", "garage", "tech house"}
+
+    for row in rows:
+        audio = load_track(data, row["id"])
+        assert audio.dtype == np.int16 and audio.ndim == 1
+        assert isinstance(audio, np.memmap)
+        assert row["sample_rate"] == SR and abs(row["seconds"] - 5.0) < 0.1
+        assert len(audio) == row["samples"]
+        assert row["id"] == row["sha256"][:16] and row["split"] in ("train", "valid")
+        assert abs(row["bpm"] - 120) < 2  # 120 BPM material
+        peak = np.abs(audio.astype(np.float32)).max() / 32767
+        assert 0.05 < peak <= 0.99  # loudness-normalised, not clipped
+    assert sum(r["split"] == "valid" for r in rows) >= 1
+
+    reasons = {os.path.basename(s.path): s.reason for s in report.skipped}
+    assert set(reasons) == set(expected)
+    for name, reason in expected.items():
+        assert reason in reasons[name], (name, reasons[name])
+    on_disk = json.loads((data / "report.json").read_text())
+    assert len(on_disk["skipped"]) == len(expected)
+    assert any(p.endswith("cover.jpg") for p in on_disk["ignored"])
+    printed = capsys.readouterr()
+    assert all(f"{name}:" in printed.out + printed.err for name in expected)
+
+
+def test_prepare_is_incremental_and_never_duplicates(tmp_path):
+    src, data = tmp_path / "src", tmp_path / "data"
+    write(src / "A/house/one.wav", music_like(3.0, SR, seed=1), SR)
+    write(src / "A/house/two.wav", music_like(3.0, SR, seed=2), SR)
+    first = prepare(src, data, SETTINGS, progress=False)
+    assert len(first.prepared) == 2
+    before = {r["id"]: r for r in read_manifest(data)}
+    splits = {i: r["split"] for i, r in before.items()}
+
+    write(src / "B/garage/three.wav", music_like(3.0, SR, seed=3), SR)
+    (src / "copy_of_one.wav").write_bytes((src / "A/house/one.wav").read_bytes())
+    second = prepare(src, data, SETTINGS, progress=False)
+    assert len(second.prepared) == 1 and second.already_present == 3
+    rows = read_manifest(data)
+    assert len(rows) == 3 and len({r["id"] for r in rows}) == 3
+    assert all(splits[r["id"]] == r["split"] for r in rows if r["id"] in splits)  # splits are stable
+    labels = json.loads((data / "labels.json").read_text())
+    assert labels["artists"][:2] == ["unknown", "A"] and labels["artists"][2] == "B"  # ids never move
+
+    # a kill mid-write leaves a torn last line: the next run ignores it and loses nothing else
+    with open(data / "manifest.jsonl", "a") as handle:
+        handle.write('{"id": "torn')
+    third = prepare(src, data, SETTINGS, progress=False)
+    assert len(third.prepared) == 0 and len(read_manifest(data)) == 3
+
+
+def test_prepare_with_workers_matches_serial(tmp_path):
+    src = tmp_path / "src"
+    for i in range(4):
+        write(src / f"A/house/{i}.wav", music_like(2.0, SR, seed=i), SR)
+    prepare(src, tmp_path / "serial", SETTINGS, progress=False)
+    prepare(src, tmp_path / "parallel", SETTINGS, workers=2, progress=False)
+    serial, parallel = read_manifest(tmp_path / "serial"), read_manifest(tmp_path / "parallel")
+    strip = lambda rows: sorted((r["id"], r["split"], r["seconds"], r["bpm"]) for r in rows)  # noqa: E731
+    assert strip(serial) == strip(parallel)
+    for row in serial:
+        assert np.array_equal(load_track(tmp_path / "serial", row["id"]), load_track(tmp_path / "parallel", row["id"]))
+
+
+def test_prepare_cli(tmp_path, capsys):
+    src = tmp_path / "src"
+    write(src / "A/house/one.wav", music_like(5.0, 22050, seed=1), 22050)
+    (src / "broken.wav").write_bytes(b"RIFF")
+    code = main(["prepare", str(src), "-o", str(tmp_path / "data"), "--sr", "16000", "--min-seconds", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "prepared 1 new tracks" in out and "1 skipped" in out
+    assert main(["prepare", str(tmp_path / "nope"), "-o", str(tmp_path / "data")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_center_vocal_removal_skips_mono_files(tmp_path):
+    src = tmp_path / "src"
+    write(src / "stereo.wav", music_like(2.0, SR, seed=1), SR)
+    write(src / "mono.wav", music_like(2.0, SR, seed=2, channels=1), SR)
+    settings = PrepareSettings(sample_rate=SR, min_seconds=1.0, remove_vocals="center")
+    report = prepare(src, tmp_path / "data", settings, progress=False)
+    assert len(report.prepared) == 1
+    assert [os.path.basename(s.path) for s in report.skipped] == ["mono.wav"]
+    assert "needs stereo" in report.skipped[0].reason
