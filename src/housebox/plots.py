@@ -65,3 +65,42 @@ def save_spectrograms(
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def save_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], log_y: bool = True) -> Path:
+    """One panel per named (x, y) curve: loss curves and evaluation metrics over training steps."""
+    plt = _pyplot()
+    path = Path(path)
+    n = len(curves)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 2.2 * n), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes[:, 0], curves.items()):
+        ax.plot(x, y, lw=1.2)
+        positive = len(y) > 0 and min(y) > 0
+        if log_y and positive and max(y) / max(min(y), 1e-12) > 20:
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def save_histogram(path: str | Path, panels: dict[str, Sequence[float]], xlabel: str = "code") -> Path:
+    """Bar chart per named panel, e.g. codebook usage counts per level."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(panels)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 * n), squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], panels.items()):
+        ax.bar(np.arange(len(values)), values, width=1.0)
+        ax.set_title(name, fontsize=9)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,382 @@
+"""One training loop for every housebox model.
+
+The loop knows nothing about the model: it takes a `step_fn(model, batch) -> StepOutput` that computes
+the loss, and a `batch_fn(generator) -> batch` that draws a batch. It owns the rest: AdamW, warm-up then
+cosine annealing to 0, gradient accumulation and clipping, an EMA of the weights (the saved weights are
+the EMA ones), autocast, DDP under torchrun, atomic checkpoints every N steps and on SIGINT/SIGTERM,
+exact resumption, metrics.jsonl, TensorBoard and a progress bar.
+
+Exact resumption works by construction: the global RNG and the data generator are re-seeded at every
+step from (seed, step, rank), so a resumed run draws exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from housebox.train.checkpoint import (
+    CONFIG,
+    FORMAT_VERSION,
+    TRAIN_STATE,
+    WEIGHTS,
+    load_train_state,
+    save_train_state,
+    save_weights,
+    write_json,
+)
+from housebox.train.distributed import Runtime, any_rank, init_runtime
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per process and micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    checkpoint_every: int = 500
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at every checkpoint
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: Tensor  # scalar to backpropagate
+    metrics: dict[str, Tensor]  # detached scalars, converted to floats only on logging steps
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    interrupted: bool
+    last_metrics: dict[str, float]
+
+
+StepFn = Callable[[nn.Module, Any], StepOutput]
+BatchFn = Callable[[torch.Generator], Any]
+EvalFn = Callable[[nn.Module, int, Any], dict[str, float]]  # (ema model, step, tensorboard writer or None)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of values, stable across processes and Python runs."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine annealing to 0 at `steps`."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a gradient scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision == "fp32":
+        return None, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"fp16 autocast is for CUDA; on {device.type} use precision=bf16 or fp32")
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "__dataclass_fields__"):
+        return type(batch)(**{k: move_to(getattr(batch, k), device) for k in batch.__dataclass_fields__})
+    return batch
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then it checkpoints and stops)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers, the loop still runs
+            pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        ema_params = [p for p in ema.parameters()]
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+
+def _weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and conv kernels; leave biases, norms and embeddings' gains alone."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() >= 2 and "norm" not in name else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= up_to_step:
+            rows.append(row)
+    return rows
+
+
+def train(
+    model: nn.Module,
+    *,
+    step_fn: StepFn,
+    batch_fn: BatchFn,
+    out_dir: str | Path,
+    config: TrainConfig,
+    describe: dict,
+    eval_fn: EvalFn | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    runtime: Runtime | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` for `config.steps` optimiser steps, writing a model directory to `out_dir`.
+
+    `describe` (model kind and config, data settings) goes into config.json so the directory can be
+    loaded on its own later. With `resume`, training continues exactly from the last checkpoint.
+    """
+    runtime = runtime or init_runtime(device)
+    out_dir = Path(out_dir)
+    state_path = out_dir / TRAIN_STATE
+    if state_path.exists() and not resume:
+        raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another -o")
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    model.to(runtime.device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        _weight_decay_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+        fused=runtime.device.type == "cuda" or None,
+    )
+    amp_dtype, needs_scaler = autocast_settings(config.precision, runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=needs_scaler)
+
+    start_step = 0
+    if resume and state_path.exists():
+        state = load_train_state(state_path, runtime.device)
+        saved_describe = json.loads((out_dir / CONFIG).read_text()).get("describe", {})
+        if saved_describe.get("model") != json.loads(json.dumps(describe.get("model"), default=str)):
+            raise ValueError(f"{out_dir}: the model settings differ from the run being resumed; use the same preset")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        if runtime.is_main:
+            print(f"resuming {out_dir} from step {start_step}")
+
+    trained = model
+    if runtime.distributed:
+        ids = [runtime.device] if runtime.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    history = _read_metrics(metrics_path, start_step) if runtime.is_main else []
+    writer = _tensorboard(out_dir) if runtime.is_main else None
+    meta = {"format_version": FORMAT_VERSION, "describe": json.loads(json.dumps(describe, default=str)),
+            "train": asdict(config), "world_size": runtime.world_size}
+
+    def save(step: int) -> None:
+        if not runtime.is_main:
+            return
+        save_train_state(state_path, {
+            "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if needs_scaler else None,
+        })
+        save_weights(out_dir / WEIGHTS, ema.state_dict(), metadata={"step": str(step), "kind": str(describe.get("kind"))})
+        write_json(out_dir / CONFIG, {**meta, "step": step})
+        tmp = metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        tmp.replace(metrics_path)
+        _plot_history(out_dir / "loss.png", history)
+
+    def evaluate(step: int) -> None:
+        if eval_fn is None or not runtime.is_main:
+            return
+        ema.eval()
+        with torch.no_grad():
+            values = eval_fn(ema, step, writer)
+        row = {"step": step, **{f"eval/{k}": float(v) for k, v in values.items()}}
+        history.append(row)
+        if writer is not None:
+            for k, v in values.items():
+                writer.add_scalar(f"eval/{k}", float(v), step)
+
+    last: dict[str, float] = {}
+    step = start_step
+    interrupted = False
+    bar = tqdm(total=config.steps, initial=start_step, desc=str(describe.get("kind", "train")), unit="step",
+               disable=not (progress and runtime.is_main), dynamic_ncols=True)
+    started, loss_sum, loss_count = time.time(), 0.0, 0
+    with _StopRequest() as stop:
+        model.train()
+        while step < config.steps:
+            torch.manual_seed(derive_seed(config.seed, step, runtime.rank, "model"))
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            accumulated: dict[str, Tensor] = {}
+            for micro in range(config.grad_accum):
+                generator = torch.Generator().manual_seed(derive_seed(config.seed, step, micro, runtime.rank, "data"))
+                batch = move_to(batch_fn(generator), runtime.device)
+                sync = micro == config.grad_accum - 1 or not runtime.distributed
+                with (nullcontext() if sync else trained.no_sync()):
+                    with torch.autocast(runtime.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        out = step_fn(trained, batch)
+                    scaler.scale(out.loss / config.grad_accum).backward()
+                for k, v in {"loss": out.loss.detach(), **out.metrics}.items():
+                    accumulated[k] = accumulated.get(k, 0) + v.detach().float() / config.grad_accum
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            bar.update()
+
+            if step % config.log_every == 0 or step == config.steps:
+                last = {k: float(v) for k, v in accumulated.items()}
+                last.update(lr=lr, grad_norm=float(grad_norm))
+                if runtime.is_main:
+                    elapsed = time.time() - started
+                    history.append({"step": step, "time": round(elapsed, 3), **last})
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(history[-1]) + "\n")
+                    if writer is not None:
+                        for k, v in last.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
+            eval_due = config.eval_every and step % config.eval_every == 0
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                evaluate(step)
+                save(step)
+            elif eval_due:
+                evaluate(step)
+            if any_rank(stop.requested, runtime) and step < config.steps:
+                interrupted = True
+                save(step)
+                if runtime.is_main:
+                    tqdm.write(f"stopped at step {step}; checkpoint saved. Continue with --resume")
+                break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    in_sync = ranks_agree(model, runtime)
+    if runtime.is_main and runtime.distributed:
+        write_json(out_dir / CONFIG, {**meta, "step": step, "ranks_in_sync": in_sync})
+    if not in_sync:
+        raise RuntimeError("DDP ranks ended with different weights; please report this as a bug")
+    return TrainResult(step=step, interrupted=interrupted, last_metrics=last)
+
+
+def state_fingerprint(model: nn.Module) -> Tensor:
+    """Two float64 numbers that change when any parameter or buffer changes: Tensor[2]."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for i, tensor in enumerate(model.state_dict().values()):
+        values = tensor.detach().double().flatten().cpu()
+        weights = torch.arange(1, values.numel() + 1, dtype=torch.float64) / max(1, values.numel())
+        total += torch.stack([values.sum(), (values * weights).sum() * (i + 1)])
+    return total
+
+
+def ranks_agree(model: nn.Module, runtime: Runtime) -> bool:
+    """True when every rank holds bit-identical weights (always true when running alone)."""
+    if not runtime.distributed:
+        return True
+    import torch.distributed as dist
+
+    mine = state_fingerprint(model).to(runtime.device)
+    gathered = [torch.empty_like(mine) for _ in range(runtime.world_size)]
+    dist.all_gather(gathered, mine)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
+        print("tensorboard is not importable: logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+
+def _plot_history(path: Path, history: list[dict]) -> None:
+    from housebox.plots import save_curves
+
+    train_rows = [r for r in history if "loss" in r]
+    eval_rows = [r for r in history if any(k.startswith("eval/") for k in r)]
+    curves = {"train loss": ([r["step"] for r in train_rows], [r["loss"] for r in train_rows])}
+    for key in sorted({k for r in eval_rows for k in r if k.startswith("eval/")}):
+        rows = [r for r in eval_rows if key in r]
+        curves[key] = ([r["step"] for r in rows], [r[key] for r in rows])
+    if train_rows:
+        save_curves(path, curves)
