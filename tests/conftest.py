@@ -56,3 +56,23 @@ def write_m4a(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
 @pytest.fixture
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A prepared 16 kHz dataset from one minute of the built-in demo corpus (made once per session)."""
+    from housebox.data.demo_corpus import make_demo_corpus
+    from housebox.data.prepare import PrepareSettings, prepare
+
+    root = tmp_path_factory.mktemp("demo")
+    info = make_demo_corpus(root / "corpus", minutes=1.0, seed=0, sample_rate=16000)
+    prepare(root / "corpus", root / "data", PrepareSettings(sample_rate=16000), labels_csv=info.labels_csv,
+            progress=False)
+    return root / "data"
+
+
+TINY_VQVAE = [
+    "--set", "vqvae.width=16", "--set", "vqvae.depth=1", "--set", "vqvae.codebook_size=64",
+    "--set", "vqvae.code_width=16", "--set", "vqvae_data.chunk_seconds=0.256", "--set", "vqvae_train.batch_size=4",
+    "--set", "vqvae_train.warmup_steps=2", "--set", "vqvae_train.log_every=2",
+]

@@ -46,6 +46,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset(args: argparse.Namespace) -> dict:
+    from housebox.config import apply_overrides, load_preset
+
+    return apply_overrides(load_preset(args.preset), args.set)
+
+
+def _cmd_train_vqvae(args: argparse.Namespace) -> int:
+    from housebox.train.vqvae import train_vqvae
+
+    result = train_vqvae(args.data, args.output, _preset(args), resume=args.resume, device=args.device)
+    state = "stopped" if result.interrupted else "finished"
+    print(f"{state} at step {result.step}: {args.output}")
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from housebox.data.codes import encode_dataset
+
+    summary = encode_dataset(args.data, args.vqvae, device=_device(args.device))
+    print(f"encoded {summary['encoded']} tracks ({summary['reused']} already cached); tokens per level: "
+          f"{summary['tokens_per_level']} -> {Path(args.data) / 'codes'}")
+    return 0
+
+
+def _cmd_evaluate_vqvae(args: argparse.Namespace) -> int:
+    from housebox.evaluate.vqvae import evaluate_vqvae, print_report
+    from housebox.models.load import load_vqvae
+
+    model = load_vqvae(args.vqvae, _device(args.device))
+    out = Path(args.output or args.vqvae)
+    report = evaluate_vqvae(model, args.data, out, seconds=args.seconds, max_tracks=args.max_tracks)
+    print_report(report)
+    print(f"wrote {out / 'vqvae_eval.json'}, {out / 'vqvae_spectrograms.png'}, {out / 'vqvae_codebook_usage.png'}")
+    return 0
+
+
+def _device(name: str) -> str:
+    from housebox.train.distributed import pick_device
+
+    return str(pick_device(name))
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    from housebox.config import preset_names
+
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("-o", "--output", required=True, help="model directory to write")
+    p.add_argument("--preset", default="tiny", help=f"{' | '.join(preset_names())} or a YAML path (default tiny)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override one preset field, e.g. vqvae_train.steps=200 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="housebox",
@@ -77,6 +131,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--sr", type=int, default=22050, help="sample rate of the files (default 22050)")
     p.set_defaults(func=_cmd_make_demo_corpus)
+
+    p = verbs.add_parser("train", help="train a model (vqvae) through the shared loop; torchrun for several GPUs",
+                         description="Train one model. Under torchrun every process trains a shard (DDP).")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="MODEL")
+    k = kinds.add_parser("vqvae", help="the hierarchical VQ-VAE", description="Train the hierarchical VQ-VAE.")
+    _add_training_flags(k)
+    k.set_defaults(func=_cmd_train_vqvae)
+
+    p = verbs.add_parser("encode", help="write the code cache the priors train on",
+                         description="Encode every prepared track into codes/l<level>/<id>.npy (resumable).")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--vqvae", required=True, help="trained VQ-VAE model directory")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=_cmd_encode)
+
+    p = verbs.add_parser("evaluate-vqvae", help="reconstruction quality and codebook use per level",
+                         description="Spectral convergence, MR-STFT, mel L1, SI-SDR, codebook usage and bitrate "
+                                     "per level on validation tracks; JSON and PNGs.")
+    p.add_argument("vqvae", help="trained VQ-VAE model directory")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("-o", "--output", help="where to write the report (default: the model directory)")
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds per validation track (default 8)")
+    p.add_argument("--max-tracks", type=int, default=16, help="validation tracks to use (default 16)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=_cmd_evaluate_vqvae)
 
     p = verbs.add_parser("demo", help="the whole pipeline on the built-in corpus, on CPU",
                          description="Make the demo corpus, prepare it and run the pipeline on it.")

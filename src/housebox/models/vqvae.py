@@ -1,0 +1,306 @@
+"""Hierarchical VQ-VAE on raw mono audio, after Jukebox (Dhariwal et al., 2020).
+
+Every level has its own encoder and decoder straight from / to the waveform (the levels are not
+stacked): level l downsamples by 2 ** downs[l] (hops 8 / 32 / 128 by default) and quantises with
+its own EMA codebook. Read top-down: ResidualUnit -> ResidualStack -> EncoderBlock -> Encoder,
+DecoderBlock -> Decoder, then VQVAEConfig -> VQVAE.
+
+Input length: T must be a multiple of `VQVAE.multiple()` (the largest hop) for `forward`, and of
+the largest requested hop for `encode`; `VQVAE.pad_to_multiple` zero-pads on the right. Nothing
+depends on global statistics of the input, so long tracks can be encoded chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from housebox.models.codebook import EMACodebook, QuantizedResult
+from housebox.models.losses import default_fft_sizes, l2_loss, multi_resolution_stft_loss
+
+
+class VQVAEInputError(ValueError):
+    """Bad configuration, waveform or code input for the VQ-VAE."""
+
+
+def dilations(*, depth: int, growth: int, cycle: int | None) -> list[int]:
+    """Dilation of each residual unit in a stack: growth ** d, d cycling modulo `cycle` when set."""
+    return [growth ** (d % cycle if cycle else d) for d in range(depth)]
+
+
+class ResidualUnit(nn.Module):
+    """ReLU -> Conv1d(k3, dilation) -> ReLU -> Conv1d(k1), added back scaled by res_scale.
+    Tensor[B x width x T] -> Tensor[B x width x T]."""
+
+    def __init__(self, *, width: int, dilation: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv1d(width, width, kernel_size=3, dilation=dilation, padding=dilation),
+            nn.ReLU(),
+            nn.Conv1d(width, width, kernel_size=1),
+        )
+        self.res_scale = res_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.res_scale * self.block(x)
+
+
+class ResidualStack(nn.Sequential):
+    """`depth` residual units with growing dilations (reversed in decoders).
+    Tensor[B x width x T] -> Tensor[B x width x T]."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        dilation_growth: int,
+        dilation_cycle: int | None,
+        res_scale: float,
+        reverse: bool = False,
+    ) -> None:
+        steps = dilations(depth=depth, growth=dilation_growth, cycle=dilation_cycle)
+        if reverse:
+            steps = steps[::-1]
+        super().__init__(*(ResidualUnit(width=width, dilation=d, res_scale=res_scale) for d in steps))
+
+
+class EncoderBlock(nn.Sequential):
+    """Conv1d(kernel 4, stride 2) then a residual stack. Tensor[B x width x T] -> Tensor[B x width x T/2]."""
+
+    def __init__(self, *, width: int, **stack: object) -> None:
+        super().__init__(
+            nn.Conv1d(width, width, kernel_size=4, stride=2, padding=1),
+            ResidualStack(width=width, **stack),
+        )
+
+
+class Encoder(nn.Sequential):
+    """Waveform Tensor[B x 1 x T] -> latents Tensor[B x code_width x T / 2**downs]."""
+
+    def __init__(self, *, downs: int, width: int, code_width: int, **stack: object) -> None:
+        super().__init__(
+            nn.Conv1d(1, width, kernel_size=3, padding=1),
+            *(EncoderBlock(width=width, **stack) for _ in range(downs)),
+            nn.Conv1d(width, code_width, kernel_size=3, padding=1),
+        )
+
+
+class DecoderBlock(nn.Sequential):
+    """A residual stack (reversed dilations) then ConvTranspose1d(kernel 4, stride 2).
+    Tensor[B x width x N] -> Tensor[B x width x 2N]."""
+
+    def __init__(self, *, width: int, **stack: object) -> None:
+        super().__init__(
+            ResidualStack(width=width, reverse=True, **stack),
+            nn.ConvTranspose1d(width, width, kernel_size=4, stride=2, padding=1),
+        )
+
+
+class Decoder(nn.Sequential):
+    """Latents Tensor[B x code_width x N] -> waveform Tensor[B x 1 x N * 2**ups]."""
+
+    def __init__(self, *, ups: int, width: int, code_width: int, **stack: object) -> None:
+        super().__init__(
+            nn.Conv1d(code_width, width, kernel_size=3, padding=1),
+            *(DecoderBlock(width=width, **stack) for _ in range(ups)),
+            nn.Conv1d(width, 1, kernel_size=3, padding=1),
+        )
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Shape and loss weights of a VQ-VAE; the defaults are the `jukebox` preset (44.1 kHz)."""
+
+    sample_rate: int = 44100
+    downs: tuple[int, ...] = (3, 5, 7)  # stride-2 downsamplings per level -> hops 8, 32, 128
+    width: int = 64
+    depth: int = 4
+    dilation_growth: int = 3
+    dilation_cycle: int | None = None
+    res_scale: float = 1.0
+    codebook_size: int = 2048
+    code_width: int = 64
+    ema_decay: float = 0.99
+    restart_threshold: float = 1.0
+    commitment_weight: float = 0.02
+    spectral_weight: float = 0.1  # multi-resolution STFT loss; Jukebox added a spectral term too
+    l2_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "downs", tuple(int(d) for d in self.downs))  # YAML gives lists
+        if not self.downs or min(self.downs) < 1:
+            raise VQVAEInputError(f"downs must be a non-empty sequence of integers >= 1, got {self.downs}")
+        for name in ("sample_rate", "width", "depth", "dilation_growth", "codebook_size", "code_width"):
+            if getattr(self, name) < 1:
+                raise VQVAEInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dilation_cycle is not None and self.dilation_cycle < 1:
+            raise VQVAEInputError(f"dilation_cycle must be None or >= 1, got {self.dilation_cycle}")
+        if min(self.commitment_weight, self.spectral_weight, self.l2_weight) < 0:
+            raise VQVAEInputError("loss weights must be >= 0")
+
+    @property
+    def levels(self) -> int:
+        return len(self.downs)
+
+    @property
+    def hops(self) -> tuple[int, ...]:
+        """Samples per token at each level."""
+        return tuple(2**d for d in self.downs)
+
+    def tokens_per_second(self, level: int) -> float:
+        return self.sample_rate / self.hops[level]
+
+
+@dataclass(frozen=True)
+class LevelMetrics:
+    """Detached per-level numbers: unweighted losses and codebook use in the batch (scalar Tensors)."""
+
+    recon_loss: Tensor
+    spectral_loss: Tensor
+    commit_loss: Tensor
+    usage: Tensor
+    perplexity: Tensor
+
+
+@dataclass(frozen=True)
+class VQVAEOutput:
+    """What `VQVAE.forward` returns.
+
+    loss: scalar Tensor to backpropagate, sum over levels of
+        l2_weight * recon + spectral_weight * spectral + commitment_weight * commit.
+    recons: per level, Tensor[B x 1 x T]. codes: per level, LongTensor[B x T / hop].
+    recon_loss, spectral_loss, commit_loss: unweighted sums over levels (detached scalar Tensors).
+    levels: per-level detached metrics.
+    """
+
+    loss: Tensor
+    recons: list[Tensor]
+    codes: list[Tensor]
+    recon_loss: Tensor
+    spectral_loss: Tensor
+    commit_loss: Tensor
+    levels: list[LevelMetrics]
+
+    def scalars(self) -> dict[str, float]:
+        """Flat name -> float view for logging (one device sync)."""
+        names = ["loss", "recon_loss", "spectral_loss", "commit_loss"]
+        values = [self.loss, self.recon_loss, self.spectral_loss, self.commit_loss]
+        for level, metrics in enumerate(self.levels):
+            for field in ("recon_loss", "spectral_loss", "commit_loss", "usage", "perplexity"):
+                names.append(f"l{level}/{field}")
+                values.append(getattr(metrics, field))
+        numbers = torch.stack([v.detach().float() for v in values]).tolist()
+        return dict(zip(names, numbers))
+
+
+class VQVAE(nn.Module):
+    """Jukebox-style hierarchical VQ-VAE: one encoder, codebook and decoder per level."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        stack = dict(
+            depth=config.depth,
+            dilation_growth=config.dilation_growth,
+            dilation_cycle=config.dilation_cycle,
+            res_scale=config.res_scale,
+        )
+        shape = dict(width=config.width, code_width=config.code_width)
+        self.encoders = nn.ModuleList(Encoder(downs=d, **shape, **stack) for d in config.downs)
+        self.decoders = nn.ModuleList(Decoder(ups=d, **shape, **stack) for d in config.downs)
+        self.codebooks = nn.ModuleList(
+            EMACodebook(
+                codebook_size=config.codebook_size,
+                code_width=config.code_width,
+                decay=config.ema_decay,
+                restart_threshold=config.restart_threshold,
+            )
+            for _ in config.downs
+        )
+        self.fft_sizes = default_fft_sizes(config.sample_rate)
+
+    def multiple(self) -> int:
+        """Input lengths must be a multiple of this (the largest hop) for `forward`."""
+        return max(self.config.hops)
+
+    def pad_to_multiple(self, x: Tensor) -> Tensor:
+        """Zero-pad Tensor[B x 1 x T] on the right to the next multiple of `multiple()`."""
+        return F.pad(x, (0, -x.shape[-1] % self.multiple()))
+
+    def _check_levels(self, levels: list[int] | tuple[int, ...] | None) -> list[int]:
+        chosen = list(range(self.config.levels)) if levels is None else list(levels)
+        for level in chosen:
+            if not 0 <= level < self.config.levels:
+                raise VQVAEInputError(f"level {level} out of range: the model has {self.config.levels} levels")
+        return chosen
+
+    def _check_audio(self, x: Tensor, multiple: int) -> None:
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise VQVAEInputError(f"expected mono audio Tensor[B x 1 x T], got shape {tuple(x.shape)}")
+        if x.shape[-1] == 0 or x.shape[-1] % multiple:
+            raise VQVAEInputError(
+                f"length {x.shape[-1]} is not a positive multiple of {multiple}; use VQVAE.pad_to_multiple"
+            )
+
+    def _level_forward(self, x: Tensor, level: int) -> tuple[Tensor, QuantizedResult, LevelMetrics, Tensor]:
+        """Encode, quantise and decode x Tensor[B x 1 x T] at one level; the last item is its loss."""
+        quantized = self.codebooks[level](self.encoders[level](x))
+        recon = self.decoders[level](quantized.z_q)  # (B, 1, T)
+        recon_loss = l2_loss(x, recon)
+        if self.config.spectral_weight > 0:
+            spectral = multi_resolution_stft_loss(x, recon, fft_sizes=self.fft_sizes)
+        else:
+            spectral = recon_loss.new_zeros(())
+        loss = (
+            self.config.l2_weight * recon_loss
+            + self.config.spectral_weight * spectral
+            + self.config.commitment_weight * quantized.commit_loss
+        )
+        metrics = LevelMetrics(
+            recon_loss=recon_loss.detach(),
+            spectral_loss=spectral.detach(),
+            commit_loss=quantized.commit_loss.detach(),
+            usage=quantized.usage.detach(),
+            perplexity=quantized.perplexity.detach(),
+        )
+        return recon, quantized, metrics, loss
+
+    def forward(self, x: Tensor) -> VQVAEOutput:
+        """Reconstruct x Tensor[B x 1 x T] at every level (T a multiple of `multiple()`).
+        In training mode the codebooks update themselves (EMA, restarts)."""
+        self._check_audio(x, self.multiple())
+        recons, codes, metrics, losses = [], [], [], []
+        for level in range(self.config.levels):
+            recon, quantized, level_metrics, loss = self._level_forward(x, level)
+            recons.append(recon)
+            codes.append(quantized.codes)
+            metrics.append(level_metrics)
+            losses.append(loss)
+        return VQVAEOutput(
+            loss=torch.stack(losses).sum(),
+            recons=recons,
+            codes=codes,
+            recon_loss=torch.stack([m.recon_loss for m in metrics]).sum(),
+            spectral_loss=torch.stack([m.spectral_loss for m in metrics]).sum(),
+            commit_loss=torch.stack([m.commit_loss for m in metrics]).sum(),
+            levels=metrics,
+        )
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, levels: list[int] | tuple[int, ...] | None = None) -> list[Tensor]:
+        """Codes of x Tensor[B x 1 x T] -> one LongTensor[B x T / hop_l] per requested level (default
+        all). Never updates the codebooks; T must be a multiple of the largest requested hop."""
+        chosen = self._check_levels(levels)
+        self._check_audio(x, max(self.config.hops[level] for level in chosen))
+        return [self.codebooks[level].quantize(self.encoders[level](x)) for level in chosen]
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, level: int) -> Tensor:
+        """Waveform of codes LongTensor[B x N] at `level` -> Tensor[B x 1 x N * hop]."""
+        (level,) = self._check_levels([level])
+        return self.decoders[level](self.codebooks[level].dequantize(codes))

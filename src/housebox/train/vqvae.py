@@ -1,0 +1,69 @@
+"""`housebox train vqvae`: the VQ-VAE's step function, evaluation hook and data, handed to the shared loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from housebox.config import as_dict, build
+from housebox.data.dataset import AudioChunks, AudioDataConfig, tracks_for
+from housebox.models.vqvae import VQVAE, VQVAEConfig
+from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
+
+
+def vqvae_step(model: torch.nn.Module, batch: torch.Tensor) -> StepOutput:
+    out = model(batch)
+    metrics = {"recon_loss": out.recon_loss, "spectral_loss": out.spectral_loss, "commit_loss": out.commit_loss}
+    for level, m in enumerate(out.levels):
+        metrics[f"l{level}/usage"] = m.usage
+        metrics[f"l{level}/recon_loss"] = m.recon_loss
+    return StepOutput(loss=out.loss, metrics=metrics)
+
+
+def make_eval_fn(data_dir: Path, config: VQVAEConfig, multiple: int):
+    """Per-level spectral convergence on fixed validation clips; audio to TensorBoard."""
+    from housebox.evaluate.vqvae import level_metrics, reconstruct, validation_clips
+
+    clips = validation_clips(data_dir, config.sample_rate, seconds=2.0, max_tracks=4, multiple=multiple)
+
+    def evaluate(model: VQVAE, step: int, writer) -> dict[str, float]:
+        recons, codes = reconstruct(model, clips)
+        results = {}
+        for report in level_metrics(model, clips, recons, codes):
+            results[f"l{report.level}/spectral_convergence_db"] = report.spectral_convergence_db
+            results[f"l{report.level}/codes_used_percent"] = report.codes_used_percent
+        if writer is not None:
+            if step == 0 or not getattr(evaluate, "logged_original", False):
+                writer.add_audio("original", clips[0, 0], step, sample_rate=config.sample_rate)
+                evaluate.logged_original = True
+            for level, recon in enumerate(recons):
+                writer.add_audio(f"reconstruction/level_{level}", recon[0, 0].clamp(-1, 1), step,
+                                 sample_rate=config.sample_rate)
+        return results
+
+    return evaluate
+
+
+def train_vqvae(data_dir: str | Path, out_dir: str | Path, preset: dict[str, dict], resume: bool = False,
+                device: str = "auto", progress: bool = True) -> TrainResult:
+    data_dir = Path(data_dir)
+    model_config = build(VQVAEConfig, preset.get("vqvae"), "vqvae")
+    train_config = build(TrainConfig, preset.get("vqvae_train"), "vqvae_train")
+    data_config = build(AudioDataConfig, preset.get("vqvae_data"), "vqvae_data")
+    torch.manual_seed(train_config.seed)
+    model = VQVAE(model_config)
+    multiple = model.multiple()
+    chunk = max(multiple, round(data_config.chunk_seconds * model_config.sample_rate / multiple) * multiple)
+    rows = tracks_for(data_dir, "train", model_config.sample_rate)
+    batches = AudioChunks(data_dir, rows, train_config.batch_size, chunk)
+    describe = {
+        "kind": "vqvae",
+        "model": as_dict(model_config),
+        "data": {"dir": str(data_dir.resolve()), **as_dict(data_config), "chunk_samples": chunk,
+                 "train_tracks": len(rows)},
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return train(model, step_fn=vqvae_step, batch_fn=batches, out_dir=out_dir, config=train_config,
+                 describe=describe, eval_fn=make_eval_fn(data_dir, model_config, multiple), resume=resume,
+                 device=device, progress=progress)
