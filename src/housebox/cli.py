@@ -61,6 +61,40 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_prior(args: argparse.Namespace) -> int:
+    from housebox.train.prior import train_prior
+
+    result = train_prior(args.data, args.output, args.level, _preset(args), upsampler=args.kind == "upsampler",
+                         resume=args.resume, device=args.device)
+    state = "stopped" if result.interrupted else "finished"
+    bits = result.last_metrics.get("bits_per_token")
+    print(f"{state} at step {result.step}" + (f", {bits:.3f} bits/token" if bits else "") + f": {args.output}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import time
+
+    from housebox.generate.pipeline import SampleSettings, generate, load_run, write_outputs
+
+    settings = SampleSettings(
+        artist=args.artist, genres=tuple(args.genre or ()), seconds=args.seconds, n=args.n,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
+        seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
+        prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
+    )
+    if args.seconds <= 0 or args.n < 1:
+        raise ValueError("--seconds must be > 0 and -n at least 1")
+    run = load_run(args.run, _device(args.device))
+    out = Path(args.output or Path("samples") / time.strftime(f"{Path(args.run).name}-%Y%m%d-%H%M%S"))
+    generation = generate(run, settings)
+    wavs = write_outputs(out, generation, settings, run)
+    audio_seconds = generation.audio.shape[1] / generation.sample_rate
+    print(f"wrote {len(wavs)} x {audio_seconds:.1f} s to {out} (open {out / 'index.html'}); "
+          f"{generation.wall_seconds:.1f} s wall, decoded from level {generation.lowest_level}")
+    return 0
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     from housebox.data.codes import encode_dataset
 
@@ -138,6 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
     k = kinds.add_parser("vqvae", help="the hierarchical VQ-VAE", description="Train the hierarchical VQ-VAE.")
     _add_training_flags(k)
     k.set_defaults(func=_cmd_train_vqvae)
+
+    for kind, text in (("prior", "the top-level prior over the coarsest codes"),
+                       ("upsampler", "an upsampler: codes at LEVEL given the level above")):
+        k = kinds.add_parser(kind, help=text, description=f"Train {text}, on the code cache of --data.")
+        _add_training_flags(k)
+        k.add_argument("--level", type=int, required=True, help="VQ-VAE level (top prior: 2; upsamplers: 1 and 0)")
+        k.set_defaults(func=_cmd_train_prior)
+
+    p = verbs.add_parser("sample", help="generate tracks from a trained run",
+                         description="Sample top-level codes, upsample level by level and decode to wav.")
+    p.add_argument("run", help="run folder holding the VQ-VAE and prior model directories")
+    p.add_argument("--artist", help="artist to condition on (default unknown)")
+    p.add_argument("--genre", action="append", help="genre to condition on (repeatable)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each track (default 10)")
+    p.add_argument("-n", type=int, default=1, help="number of tracks (default 1)")
+    p.add_argument("-o", "--output", help="folder for the samples (default samples/RUN-TIMESTAMP)")
+    p.add_argument("--prime", help="audio clip whose opening the tracks continue")
+    p.add_argument("--prime-seconds", type=float, default=4.0, help="seconds of the prime to use (default 4)")
+    p.add_argument("--continue", dest="continue_codes", help="codes.npz of an earlier sample to continue")
+    p.add_argument("--upsample-only", action="store_true", help="keep the top-level codes of --continue, upsample them")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest codes (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1: off)")
+    p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
+    p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
+    p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=_cmd_sample)
 
     p = verbs.add_parser("encode", help="write the code cache the priors train on",
                          description="Encode every prepared track into codes/l<level>/<id>.npy (resumable).")

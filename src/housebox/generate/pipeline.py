@@ -1,0 +1,275 @@
+"""From a trained run to audio: top-level codes, upsampling level by level, decoding, files on disk.
+
+A run is a folder holding a VQ-VAE and priors as model directories side by side (any names; each
+says what it is in its config.json). `upsample(codes_above, level, ...)` is the one interface through
+which finer levels are made, so a parallel upsampler can replace the autoregressive one later.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from housebox.generate.sampling import sample_codes
+from housebox.models.conditioning import Labels
+from housebox.models.load import load_prior, load_vqvae
+from housebox.models.prior import Prior
+from housebox.models.vqvae import VQVAE
+from housebox.train.checkpoint import read_config, weights_hash
+
+CODES_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    artist: str | None = None
+    genres: tuple[str, ...] = ()
+    seconds: float = 10.0
+    n: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    seed: int = 0
+    hop_fraction: float = 0.5
+    levels: int | None = None  # levels to generate, top down; None: every level the run has a model for
+    prime: str | None = None
+    prime_seconds: float = 4.0
+    continue_codes: str | None = None  # codes.npz whose top-level codes are continued
+    upsample_only: bool = False  # take the top-level codes of continue_codes as they are
+
+
+@dataclass
+class Run:
+    root: Path
+    vqvae: VQVAE
+    vqvae_dir: Path
+    priors: dict[int, Prior]
+    prior_dirs: dict[int, Path]
+    artists: tuple[str, ...]
+    genres: tuple[str, ...]
+
+    @property
+    def top(self) -> int:
+        return self.vqvae.config.levels - 1
+
+
+@dataclass
+class Generation:
+    codes: dict[int, Tensor]  # level -> LongTensor[n x T_level]
+    audio: np.ndarray  # float32 [n x T]
+    sample_rate: int
+    lowest_level: int
+    tokens_per_second: dict[int, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
+    """Find the VQ-VAE and the priors among the model directories inside `run_dir`."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a run folder")
+    vqvae_dir, prior_dirs = None, {}
+    for sub in sorted(p for p in root.iterdir() if (p / "config.json").exists()):
+        describe = read_config(sub).get("describe", {})
+        if describe.get("kind") == "vqvae":
+            vqvae_dir = sub
+        elif describe.get("kind") in ("prior", "upsampler"):
+            prior_dirs[int(describe["level"])] = sub
+    if vqvae_dir is None:
+        raise ValueError(f"{root}: no VQ-VAE model directory inside (train one with `housebox train vqvae`)")
+    vqvae = load_vqvae(vqvae_dir, device)
+    priors = {level: load_prior(d, device) for level, d in prior_dirs.items()}
+    top = vqvae.config.levels - 1
+    if top not in priors:
+        raise ValueError(f"{root}: no top-level prior (level {top}); train one with `housebox train prior --level {top}`")
+    vocabulary = read_config(prior_dirs[top])["describe"]["vocabulary"]
+    return Run(root=root, vqvae=vqvae, vqvae_dir=vqvae_dir, priors=priors, prior_dirs=prior_dirs,
+               artists=tuple(vocabulary["artists"]), genres=tuple(vocabulary["genres"]))
+
+
+def labels_for(run: Run, artist: str | None, genres: tuple[str, ...], n: int) -> Labels:
+    """Names -> ids, with a clear error listing the known names."""
+    device = next(run.vqvae.parameters()).device
+    artist = artist or "unknown"
+    if artist not in run.artists:
+        raise ValueError(f"unknown artist {artist!r}; known artists: {', '.join(run.artists)}")
+    lowered = tuple(g.lower() for g in genres) or ("unknown",)
+    for g in lowered:
+        if g not in run.genres:
+            raise ValueError(f"unknown genre {g!r}; known genres: {', '.join(run.genres)}")
+    max_genres = run.priors[run.top].config.max_genres
+    ids = [run.genres.index(g) for g in lowered][:max_genres]
+    ids += [-1] * (max_genres - len(ids))
+    return Labels(artist=torch.full((n,), run.artists.index(artist), dtype=torch.long, device=device),
+                  genres=torch.tensor([ids] * n, dtype=torch.long, device=device))
+
+
+def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings: SampleSettings,
+             generator: torch.Generator, prime: Tensor | None = None, progress: bool = True) -> Tensor:
+    """Codes at `level` from the codes of `level + 1`: LongTensor[n x N] -> LongTensor[n x N * ratio]."""
+    prior = run.priors[level]
+    n_tokens = codes_above.shape[1] * prior.config.upper_ratio
+    return sample_codes(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
+                        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                        cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction, generator=generator,
+                        progress=progress, desc=f"level {level}")
+
+
+@torch.inference_mode()
+def decode(vqvae: VQVAE, codes: Tensor, level: int, window_seconds: float = 20.0, margin_seconds: float = 1.0) -> np.ndarray:
+    """Waveform of codes LongTensor[n x N] at `level`, decoded in overlapping windows: float32 [n x N * hop]."""
+    hop = vqvae.config.hops[level]
+    per_second = vqvae.config.sample_rate / hop
+    window, margin = max(1, int(window_seconds * per_second)), int(margin_seconds * per_second)
+    pieces = []
+    for start in range(0, codes.shape[1], window):
+        lo, hi = max(0, start - margin), min(codes.shape[1], start + window + margin)
+        audio = vqvae.decode(codes[:, lo:hi], level)[:, 0].float()  # (n, (hi - lo) * hop)
+        keep = audio[:, (start - lo) * hop : (start - lo + min(window, codes.shape[1] - start)) * hop]
+        pieces.append(keep.cpu().numpy())
+    return np.clip(np.concatenate(pieces, axis=1), -1.0, 1.0)
+
+
+def encode_prime(run: Run, path: str | Path, seconds: float, n: int) -> dict[int, Tensor]:
+    """A clip's codes at every level, for priming: level -> LongTensor[n x P_level]."""
+    from housebox.audio.io import load_audio, normalize_loudness
+
+    config = run.vqvae.config
+    audio = load_audio(path, sample_rate=config.sample_rate, mono=True).samples
+    audio = normalize_loudness(audio, config.sample_rate)
+    top_hop = max(config.hops)
+    length = min(audio.shape[1], int(seconds * config.sample_rate)) // top_hop * top_hop
+    if length == 0:
+        raise ValueError(f"{path}: shorter than one top-level token ({top_hop / config.sample_rate:.3f} s)")
+    device = next(run.vqvae.parameters()).device
+    clip = torch.from_numpy(audio[:, :length]).to(device)[None]  # (1, 1, T)
+    codes = run.vqvae.encode(clip)
+    return {level: c.expand(n, -1).clone() for level, c in enumerate(codes)}
+
+
+def load_codes_file(path: str | Path, n: int) -> dict[int, Tensor]:
+    with np.load(path) as data:
+        levels = {int(k[1:]): torch.from_numpy(data[k].astype(np.int64)) for k in data.files if k.startswith("l")}
+    if not levels:
+        raise ValueError(f"{path}: no codes inside (expected arrays l0, l1, l2)")
+    return {lv: c if c.shape[0] == n else c[:1].expand(n, -1).clone() for lv, c in levels.items()}
+
+
+def generate(run: Run, settings: SampleSettings, progress: bool = True) -> Generation:
+    """Sample `settings.n` tracks: top-level codes, then upsampling down to the lowest level, then audio."""
+    started = time.time()
+    config = run.vqvae.config
+    device = next(run.vqvae.parameters()).device
+    generator = torch.Generator().manual_seed(settings.seed)
+    labels = labels_for(run, settings.artist, settings.genres, settings.n)
+    top = run.top
+    available = [lv for lv in range(top, -1, -1) if lv in run.priors]
+    wanted = settings.levels or len(available)
+    levels = [lv for lv in range(top, top - wanted, -1)]
+    missing = [lv for lv in levels if lv not in run.priors]
+    if missing:
+        raise ValueError(f"{run.root}: no model for level(s) {missing}; train `housebox train upsampler --level N`")
+    n_top = max(1, round(settings.seconds * config.tokens_per_second(top)))
+    primes: dict[int, Tensor] = {}
+    if settings.prime:
+        primes = encode_prime(run, settings.prime, settings.prime_seconds, settings.n)
+    if settings.continue_codes:
+        primes = load_codes_file(settings.continue_codes, settings.n)
+    primes = {lv: c.to(device) for lv, c in primes.items()}
+
+    codes: dict[int, Tensor] = {}
+    rates: dict[int, float] = {}
+    for level in levels:
+        tick = time.time()
+        if level == top:
+            if settings.upsample_only:
+                if top not in primes:
+                    raise ValueError("--upsample-only needs --continue codes.npz with top-level codes")
+                codes[top] = primes[top]
+                continue
+            codes[top] = sample_codes(run.priors[top], n_tokens=n_top, labels=labels, prime=primes.get(top),
+                                      temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                                      cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction,
+                                      generator=generator, progress=progress, desc=f"level {top}")
+        else:
+            prime = primes.get(level) if not settings.upsample_only else None
+            codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress)
+        rates[level] = codes[level].numel() / max(1e-9, time.time() - tick)
+    lowest = levels[-1]
+    audio = decode(run.vqvae, codes[lowest], lowest)
+    return Generation(codes=codes, audio=audio, sample_rate=config.sample_rate, lowest_level=lowest,
+                      tokens_per_second=rates, wall_seconds=time.time() - started)
+
+
+def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleSettings, run: Run) -> list[Path]:
+    """sample_000.wav ..., codes.npz, spectrogram.png, report.json and index.html in `out_dir`."""
+    from housebox.audio.io import save_audio
+    from housebox.plots import save_spectrograms
+    from housebox.train.checkpoint import write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sr = generation.sample_rate
+    wavs = [save_audio(out / f"sample_{i:03d}.wav", generation.audio[i], sr) for i in range(generation.audio.shape[0])]
+    arrays = {f"l{lv}": c.cpu().numpy().astype(np.int16) for lv, c in generation.codes.items()}
+    np.savez(out / "codes.npz", **arrays, format_version=np.array(CODES_FORMAT_VERSION),
+             hops=np.array(run.vqvae.config.hops), sample_rate=np.array(sr))
+    titles = [f"{p.name}: {settings.artist or 'unknown'}, {', '.join(settings.genres) or 'unknown'}, "
+              f"level {generation.lowest_level}" for p in wavs]
+    save_spectrograms(out / "spectrogram.png", list(generation.audio), sr, titles, max_hz=min(sr / 2, 8000))
+    seconds = generation.audio.shape[1] / sr
+    models = {"vqvae": {"dir": str(run.vqvae_dir), "sha256": weights_hash(run.vqvae_dir)}}
+    for level, d in sorted(run.prior_dirs.items()):
+        models[f"level_{level}"] = {"dir": str(d), "sha256": weights_hash(d)}
+    report = {
+        "settings": asdict(settings),
+        "seed": settings.seed,
+        "samples": [p.name for p in wavs],
+        "seconds": round(seconds, 3),
+        "sample_rate": sr,
+        "levels_generated": sorted(generation.codes, reverse=True),
+        "decoded_from_level": generation.lowest_level,
+        "tokens_per_second": {f"level_{k}": round(v, 1) for k, v in generation.tokens_per_second.items()},
+        "wall_seconds": round(generation.wall_seconds, 2),
+        "realtime_factor": round(seconds * len(wavs) / max(1e-9, generation.wall_seconds), 4),
+        "models": models,
+    }
+    write_json(out / "report.json", report)
+    write_index(out, report)
+    return wavs
+
+
+def write_index(out: Path, report: dict) -> Path:
+    """A page to listen to the samples and see their spectrograms."""
+    s = report["settings"]
+    rows = "\n".join(
+        f'<li><p>{html.escape(name)}</p><audio controls preload="none" src="{html.escape(name)}"></audio></li>'
+        for name in report["samples"]
+    )
+    verdicts = report.get("originality")
+    verdict = f"<p>Originality: {html.escape(json.dumps(verdicts))}</p>" if verdicts else ""
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>housebox samples</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} li{{margin:1em 0}} img{{max-width:100%}}</style>
+</head><body>
+<h1>housebox samples</h1>
+<p>artist <b>{html.escape(str(s['artist']))}</b>, genres <b>{html.escape(', '.join(s['genres']) or 'unknown')}</b>,
+{report['seconds']} s each, seed {report['seed']}, temperature {s['temperature']}, decoded from level {report['decoded_from_level']}.</p>
+{verdict}
+<ol>
+{rows}
+</ol>
+<img src="spectrogram.png" alt="spectrograms">
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page)
+    return path

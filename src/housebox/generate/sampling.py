@@ -1,0 +1,136 @@
+"""Sampling codes from a prior: logit filters, ancestral sampling with a KV cache, priming,
+classifier-free guidance and windows for any length beyond the context.
+
+Plain functions with explicit arguments and an explicit `torch.Generator`: same seed, same codes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from housebox.models.conditioning import Labels
+from housebox.models.prior import Conditioning, Prior
+
+
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Temperature, then keep the `top_k` best and the smallest set holding `top_p` of the mass.
+    Tensor[B x V] -> Tensor[B x V] with -inf where a code may not be drawn."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, index = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(ordered, dim=-1) >= top_p  # mass before this code already enough
+        drop[..., 0] = False
+        logits = logits.scatter(-1, index, ordered.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def draw(logits: Tensor, uniform: Tensor) -> Tensor:
+    """Inverse-CDF sampling: one uniform per row picks a code. Tensor[B x V], Tensor[B] -> LongTensor[B]."""
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
+    target = (uniform * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: Tensor | None, prior: Prior) -> Conditioning:
+    b = labels.artist.shape[0]
+    device = labels.artist.device
+    window_upper = None
+    if upper is not None:
+        ratio, n = prior.config.upper_ratio, prior.config.n_ctx // prior.config.upper_ratio
+        window_upper = torch.zeros(b, n, dtype=torch.long, device=device)
+        piece = upper[:, start // ratio : start // ratio + n]
+        window_upper[:, : piece.shape[1]] = piece
+    return Conditioning(labels=labels, start=torch.full((b,), start, device=device),
+                        total_tokens=torch.full((b,), total_tokens, device=device), upper=window_upper)
+
+
+@torch.inference_mode()
+def sample_codes(
+    prior: Prior,
+    *,
+    n_tokens: int,
+    labels: Labels,
+    total_tokens: int | None = None,
+    prime: Tensor | None = None,
+    upper: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cfg_scale: float = 1.0,
+    hop_fraction: float = 0.5,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    desc: str = "sample",
+) -> Tensor:
+    """Codes LongTensor[B x n_tokens] from `prior`, window by window.
+
+    `prime` LongTensor[B x P] fixes the first P codes (priming / continuation); `upper` LongTensor[B x
+    n_tokens / ratio] conditions an upsampler. Beyond n_ctx, each new window starts `hop_fraction *
+    n_ctx` tokens after the last and keeps the rest of the previous window as its context.
+    `cfg_scale` > 1 applies classifier-free guidance against the label-dropped model.
+    """
+    config = prior.config
+    device = prior.head.weight.device
+    b = labels.artist.shape[0]
+    total_tokens = total_tokens or n_tokens
+    if config.is_upsampler and upper is None:
+        raise ValueError("an upsampler needs the codes of the level above")
+    codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
+    known = 0
+    if prime is not None:
+        known = min(prime.shape[1], n_tokens)
+        codes[:, :known] = prime[:, :known].to(device)
+    guided = cfg_scale != 1.0
+    run_labels = labels
+    if guided:  # second half of the batch: the same windows with labels dropped
+        dropped = prior.labels.dropped_like(labels)
+        run_labels = Labels(artist=torch.cat([labels.artist, dropped.artist]),
+                            genres=torch.cat([labels.genres, dropped.genres]))
+        upper = torch.cat([upper, upper]) if upper is not None else None
+    step = max(config.upper_ratio, int(config.n_ctx * hop_fraction) // config.upper_ratio * config.upper_ratio)
+    generator = generator or torch.Generator().manual_seed(0)
+    bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
+    started, drawn = time.time(), 0
+    start = 0
+    while known < n_tokens:
+        while known - start >= config.n_ctx:  # a long prime: slide until the frontier is inside the window
+            start += step
+        length = min(config.n_ctx, n_tokens - start)
+        cond = _window_conditioning(run_labels, start, total_tokens, upper, prior)
+        context = prior.context(cond)  # (B', n_ctx, D)
+        window = codes[:, start : start + length]
+        ids = prior.inputs(torch.cat([window, window]) if guided else window)  # (B', length)
+        cache = prior.new_cache(ids.shape[0])
+        given = known - start  # codes of this window already fixed
+        position = max(given, 1)
+        logits = prior.step(ids[:, :position], context, cache, 0)[:, -1]  # prefill (at least the start token)
+        uniforms = torch.rand(length, b, generator=generator).to(device)
+        for pos in range(position - 1, length):
+            if pos >= given:
+                if guided:
+                    cond_logits, free_logits = logits[:b], logits[b:]
+                    logits = free_logits + cfg_scale * (cond_logits - free_logits)
+                new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
+                codes[:, start + pos] = new
+                drawn += 1
+                bar.update()
+                if drawn % 64 == 0:
+                    bar.set_postfix(tok_s=f"{drawn * b / (time.time() - started):.0f}")
+            if pos + 1 < length:
+                next_ids = codes[:, start + pos : start + pos + 1]
+                next_ids = torch.cat([next_ids, next_ids]) if guided else next_ids
+                logits = prior.step(next_ids, context, cache, pos + 1)[:, -1]
+        known = start + length
+        start += step
+    bar.close()
+    return codes

@@ -1,0 +1,143 @@
+"""Priors over VQ-VAE codes: the top-level prior and the upsamplers are one class.
+
+Position t of a window reads the code at t-1 (position 0 reads a start token carrying the labels) and
+predicts the code at t. On top of token and position embeddings come the labels (position 0), timing
+(top level: where in the track each position lies) and, for upsamplers, the codes of the level above.
+Read top-down: PriorConfig -> Prior (embed -> transformer -> head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from housebox.models.conditioning import Labels, LabelEmbedding, TimingEmbedding, UpperLevelConditioner
+from housebox.models.transformer import KVCache, Transformer, TransformerConfig
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    level: int = 2
+    codebook_size: int = 2048
+    n_artists: int = 1
+    n_genres: int = 1
+    max_genres: int = 4
+    sample_rate: int = 44100
+    hop: int = 128  # samples per token at this level
+    # transformer
+    width: int = 128
+    depth: int = 4
+    heads: int = 2
+    n_ctx: int = 1024
+    attention: tuple[str, ...] = ("dense",)
+    block_size: int = 32
+    dropout: float = 0.0
+    # conditioning
+    timing: bool = True  # top level only
+    timing_bins: int = 64
+    max_seconds: float = 600.0
+    upper_codebook_size: int = 0  # > 0 for upsamplers: conditioned on the level above
+    upper_ratio: int = 1  # hop of the level above / hop of this level
+    label_dropout: float = 0.1  # lets sampling use classifier-free guidance
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attention", tuple(self.attention))
+        if self.upper_codebook_size and self.n_ctx % self.upper_ratio:
+            raise ValueError(f"n_ctx {self.n_ctx} must be a multiple of the upper ratio {self.upper_ratio}")
+
+    @property
+    def is_upsampler(self) -> bool:
+        return self.upper_codebook_size > 0
+
+    def transformer(self) -> TransformerConfig:
+        return TransformerConfig(width=self.width, depth=self.depth, heads=self.heads, n_ctx=self.n_ctx,
+                                 attention=self.attention, block_size=self.block_size, dropout=self.dropout)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything a window is conditioned on besides its own codes."""
+
+    labels: Labels
+    start: Tensor  # LongTensor[B]: token index of the window's first position within the track
+    total_tokens: Tensor  # LongTensor[B]: length of the whole track in tokens at this level
+    upper: Tensor | None = None  # LongTensor[B x n_ctx / ratio]: codes of the level above for this window
+
+
+@dataclass(frozen=True)
+class PriorOutput:
+    logits: Tensor  # [B x T x V]
+    loss: Tensor  # mean cross-entropy in nats per token over valid targets
+    tokens: Tensor  # number of valid targets
+
+
+class Prior(nn.Module):
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        v, d = config.codebook_size, config.width
+        self.start_id = v
+        self.token = nn.Embedding(v + 1, d)  # + the start token at position 0
+        self.position = nn.Embedding(config.n_ctx, d)
+        self.labels = LabelEmbedding(n_artists=config.n_artists, n_genres=config.n_genres, width=d)
+        self.timing = (TimingEmbedding(bins=config.timing_bins, max_seconds=config.max_seconds, width=d)
+                       if config.timing else None)
+        self.upper = (UpperLevelConditioner(codebook_size=config.upper_codebook_size, ratio=config.upper_ratio,
+                                            width=d) if config.is_upsampler else None)
+        self.transformer = Transformer(config.transformer())
+        self.head = nn.Linear(d, v, bias=False)
+        nn.init.normal_(self.token.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.01)
+
+    def seconds_per_token(self) -> float:
+        return self.config.hop / self.config.sample_rate
+
+    def context(self, cond: Conditioning) -> Tensor:
+        """The conditioning added at each of the n_ctx positions of a window: Tensor[B x n_ctx x D]."""
+        b, n = cond.labels.artist.shape[0], self.config.n_ctx
+        device = self.position.weight.device
+        extra = self.position.weight[None].expand(b, n, -1)  # (B, n_ctx, D)
+        labels = self.labels(cond.labels)  # (B, D)
+        extra = torch.cat([extra[:, :1] + labels[:, None], extra[:, 1:]], dim=1)
+        if self.timing is not None:
+            positions = cond.start[:, None] + torch.arange(n, device=device)[None]  # (B, n_ctx)
+            offset = positions.float() * self.seconds_per_token()
+            total = cond.total_tokens.float() * self.seconds_per_token()
+            extra = extra + self.timing(offset, total)
+        if self.upper is not None:
+            if cond.upper is None:
+                raise ValueError("an upsampler needs the codes of the level above")
+            extra = extra + self.upper(cond.upper)[:, :n]
+        return extra
+
+    def inputs(self, codes: Tensor) -> Tensor:
+        """Codes LongTensor[B x T] -> input ids [B x T]: start token, then the codes shifted right by one."""
+        start = torch.full_like(codes[:, :1], self.start_id)
+        return torch.cat([start, codes[:, :-1]], dim=1)
+
+    def forward(self, codes: Tensor, cond: Conditioning, targets_mask: Tensor | None = None) -> PriorOutput:
+        """Teacher-forced logits for codes LongTensor[B x T] (T <= n_ctx); mask BoolTensor[B x T] marks real codes."""
+        t = codes.shape[1]
+        x = self.token(self.inputs(codes)) + self.context(cond)[:, :t]  # (B, T, D)
+        logits = self.head(self.transformer(x))  # (B, T, V)
+        targets = codes if targets_mask is None else codes.masked_fill(~targets_mask, -100)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        tokens = (targets != -100).sum()
+        return PriorOutput(logits=logits, loss=loss, tokens=tokens)
+
+    # ---- incremental decoding (sampling) ------------------------------------------------------
+
+    def new_cache(self, batch: int) -> KVCache:
+        weight = self.head.weight
+        return self.transformer.new_cache(batch, weight.device, weight.dtype)
+
+    def step(self, ids: Tensor, context: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """Logits for positions pos..pos+t-1 given their input ids LongTensor[B x t] -> Tensor[B x t x V].
+
+        `context` is `self.context(cond)` for the window, computed once per window."""
+        t = ids.shape[1]
+        x = self.token(ids) + context[:, pos : pos + t]  # (B, t, D)
+        return self.head(self.transformer.step(x, cache, pos))

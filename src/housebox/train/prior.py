@@ -1,0 +1,119 @@
+"""`housebox train prior` / `train upsampler`: priors over the code cache, through the shared loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from housebox.config import as_dict, build
+from housebox.data.dataset import CodeWindows, PriorBatch, tracks_for
+from housebox.data.labels import Vocabulary
+from housebox.models.conditioning import Labels
+from housebox.models.prior import Conditioning, Prior, PriorConfig
+from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
+
+DERIVED = ("level", "codebook_size", "n_artists", "n_genres", "sample_rate", "hop", "timing",
+           "upper_codebook_size", "upper_ratio")
+
+
+def code_cache_meta(data_dir: Path) -> dict:
+    path = data_dir / "codes" / "meta.json"
+    if not path.exists():
+        raise ValueError(f"{data_dir}: no code cache; run `housebox encode --data {data_dir} --vqvae VQVAE_DIR` first")
+    return json.loads(path.read_text())
+
+
+def prior_config(section: dict, level: int, meta: dict, vocab: Vocabulary, name: str) -> PriorConfig:
+    """The preset's section plus what the data decides (vocabularies, hops, level above)."""
+    clash = sorted(set(section) & set(DERIVED))
+    if clash:
+        raise ValueError(f"{', '.join(clash)} in section {name} come from the data and cannot be set")
+    levels = len(meta["hops"])
+    if not 0 <= level < levels:
+        raise ValueError(f"level {level} out of range: the code cache has levels 0..{levels - 1}")
+    top = level == levels - 1
+    derived = dict(level=level, codebook_size=meta["codebook_size"], n_artists=len(vocab.artists),
+                   n_genres=len(vocab.genres), sample_rate=meta["sample_rate"], hop=meta["hops"][level], timing=top,
+                   upper_codebook_size=0 if top else meta["codebook_size"],
+                   upper_ratio=1 if top else meta["hops"][level + 1] // meta["hops"][level])
+    return build(PriorConfig, {**section, **derived}, name)
+
+
+def conditioning(batch: PriorBatch, upsampler: bool) -> Conditioning:
+    return Conditioning(labels=Labels(artist=batch.artist, genres=batch.genres), start=batch.start,
+                        total_tokens=batch.total, upper=batch.upper if upsampler else None)
+
+
+def make_step(config: PriorConfig):
+    def prior_step(model: torch.nn.Module, batch: PriorBatch) -> StepOutput:
+        prior = model.module if hasattr(model, "module") else model
+        cond = conditioning(batch, config.is_upsampler)
+        cond = dataclasses.replace(cond, labels=prior.labels.drop(cond.labels, config.label_dropout))
+        out = model(batch.codes, cond, batch.mask)
+        return StepOutput(loss=out.loss, metrics={"bits_per_token": out.loss.detach() / math.log(2)})
+
+    return prior_step
+
+
+def make_eval_fn(windows: CodeWindows, config: PriorConfig, data_dir: Path, vqvae_dir: str | None):
+    """Validation bits per token on fixed windows; for the top prior, a decoded sample in TensorBoard."""
+    batch = windows.fixed(8)
+
+    def evaluate(model: Prior, step: int, writer) -> dict[str, float]:
+        device = next(model.parameters()).device
+        from housebox.train.loop import move_to
+
+        moved = move_to(batch, device)
+        out = model(moved.codes, conditioning(moved, config.is_upsampler), moved.mask)
+        results = {"bits_per_token": float(out.loss) / math.log(2)}
+        if writer is not None and not config.is_upsampler and vqvae_dir and Path(vqvae_dir).exists():
+            from housebox.generate.sampling import sample_codes
+            from housebox.models.load import load_vqvae
+
+            vqvae = load_vqvae(vqvae_dir, device)
+            labels = Labels(artist=moved.artist[:1], genres=moved.genres[:1])
+            codes = sample_codes(model, n_tokens=config.n_ctx, labels=labels, total_tokens=config.n_ctx,
+                                 generator=torch.Generator().manual_seed(step), progress=False)
+            audio = vqvae.decode(codes, config.level)[0, 0].float().clamp(-1, 1).cpu()
+            writer.add_audio("sample", audio, step, sample_rate=config.sample_rate)
+        return results
+
+    return evaluate
+
+
+def train_prior(data_dir: str | Path, out_dir: str | Path, level: int, preset: dict[str, dict], upsampler: bool,
+                resume: bool = False, device: str = "auto", progress: bool = True) -> TrainResult:
+    data_dir = Path(data_dir)
+    name = "upsampler" if upsampler else "prior"
+    meta = code_cache_meta(data_dir)
+    vocab = Vocabulary.load(data_dir / "labels.json")
+    config = prior_config(dict(preset.get(name) or {}), level, meta, vocab, name)
+    if upsampler != config.is_upsampler:
+        top = len(meta["hops"]) - 1
+        raise ValueError(f"level {level} needs `train {'upsampler' if config.is_upsampler else 'prior'}`: "
+                         f"the top-level prior is level {top}, upsamplers are levels 0..{top - 1}")
+    train_config = build(TrainConfig, preset.get(f"{name}_train"), f"{name}_train")
+    torch.manual_seed(train_config.seed)
+    model = Prior(config)
+
+    def windows(split: str, batch_size: int) -> CodeWindows:
+        rows = tracks_for(data_dir, split, config.sample_rate)
+        return CodeWindows(data_dir, rows, level, config.n_ctx, batch_size, vocab, config.max_genres,
+                           ratio=config.upper_ratio, upper=config.is_upsampler)
+
+    train_windows = windows("train", train_config.batch_size)
+    describe = {
+        "kind": name,
+        "level": level,
+        "model": as_dict(config),
+        "vocabulary": {"artists": list(vocab.artists), "genres": list(vocab.genres)},
+        "data": {"dir": str(data_dir.resolve()), "vqvae": meta.get("vqvae"), "vqvae_sha256": meta.get("weights_sha256")},
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    eval_fn = make_eval_fn(windows("valid", 8), config, data_dir, meta.get("vqvae"))
+    return train(model, step_fn=make_step(config), batch_fn=train_windows, out_dir=out_dir, config=train_config,
+                 describe=describe, eval_fn=eval_fn, resume=resume, device=device, progress=progress)
