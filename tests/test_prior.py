@@ -1,0 +1,233 @@
+"""Priors, conditioning and sampling: invariants on tiny models, then the CLI end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import TINY_VQVAE
+from housebox.cli import main
+from housebox.generate.sampling import draw, filter_logits, sample_codes
+from housebox.models.conditioning import Labels
+from housebox.models.prior import Conditioning, Prior, PriorConfig
+
+V = 32
+
+
+def tiny_prior(upsampler: bool = False, attention=("dense",), n_ctx: int = 32) -> Prior:
+    torch.manual_seed(0)
+    config = PriorConfig(level=1 if upsampler else 2, codebook_size=V, n_artists=3, n_genres=4, max_genres=2,
+                         sample_rate=16000, hop=32 if upsampler else 128, width=32, depth=2, heads=2, n_ctx=n_ctx,
+                         attention=attention, block_size=8, timing=not upsampler, timing_bins=8, max_seconds=10.0,
+                         upper_codebook_size=V if upsampler else 0, upper_ratio=4 if upsampler else 1)
+    return Prior(config).eval()
+
+
+def labels(b: int) -> Labels:
+    return Labels(artist=torch.arange(b) % 3, genres=torch.tensor([[1, -1], [2, 3]] * b)[:b])
+
+
+def cond(prior: Prior, b: int, start: int = 0) -> Conditioning:
+    upper = torch.randint(0, V, (b, prior.config.n_ctx // 4)) if prior.config.is_upsampler else None
+    return Conditioning(labels=labels(b), start=torch.full((b,), start), total_tokens=torch.full((b,), 500),
+                        upper=upper)
+
+
+@pytest.mark.parametrize("upsampler", [False, True])
+@pytest.mark.parametrize("attention", [("dense",), ("row", "column", "prev_block")])
+def test_cached_steps_equal_full_forward(upsampler, attention):
+    prior = tiny_prior(upsampler, attention)
+    c = cond(prior, 2, start=40)
+    codes = torch.randint(0, V, (2, prior.config.n_ctx))
+    full = prior(codes, c).logits
+    context = prior.context(c)
+    ids = prior.inputs(codes)
+    cache = prior.new_cache(2)
+    prefill = prior.step(ids[:, :5], context, cache, 0)
+    steps = [prefill] + [prior.step(ids[:, t : t + 1], context, cache, t) for t in range(5, ids.shape[1])]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_logits_are_causal_in_the_codes():
+    prior = tiny_prior()
+    c = cond(prior, 1)
+    codes = torch.randint(0, V, (1, 32))
+    changed = codes.clone()
+    changed[0, 20:] = (changed[0, 20:] + 1) % V
+    a, b = prior(codes, c).logits, prior(changed, c).logits
+    assert torch.allclose(a[:, :21], b[:, :21])  # position 20 reads code 19: unchanged
+    assert not torch.allclose(a[:, 21:], b[:, 21:])
+
+
+def test_conditioning_reaches_the_logits():
+    prior = tiny_prior(upsampler=True)
+    c = cond(prior, 2)
+    codes = torch.randint(0, V, (2, 32))
+    base = prior(codes, c).logits
+    other_artist = Conditioning(labels=Labels(artist=(c.labels.artist + 1) % 3, genres=c.labels.genres),
+                                start=c.start, total_tokens=c.total_tokens, upper=c.upper)
+    other_upper = Conditioning(labels=c.labels, start=c.start, total_tokens=c.total_tokens, upper=(c.upper + 1) % V)
+    assert not torch.allclose(prior(codes, other_artist).logits, base)
+    assert not torch.allclose(prior(codes, other_upper).logits[:, 5:], base[:, 5:])
+    top = tiny_prior()
+    tc = cond(top, 2)
+    later = Conditioning(labels=tc.labels, start=tc.start + 300, total_tokens=tc.total_tokens)
+    assert not torch.allclose(top(codes, tc).logits, top(codes, later).logits)  # timing matters
+
+
+def test_label_dropout_uses_the_dropped_ids():
+    prior = tiny_prior()
+    lab = labels(4)
+    dropped = prior.labels.drop(lab, 1.0)
+    assert (dropped.artist == 3).all() and (dropped.genres[:, 0] == 4).all() and (dropped.genres[:, 1:] == -1).all()
+    assert prior.labels.drop(lab, 0.0) is lab
+
+
+def test_logit_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
+    kept = torch.isfinite(filter_logits(logits, top_p=0.9))
+    probs = torch.softmax(logits, -1)[0]
+    assert kept.sum() == 3 and probs[:2].sum() < 0.9 <= probs[:3].sum()
+    assert torch.allclose(filter_logits(logits, temperature=2.0), logits / 2)
+    with pytest.raises(ValueError, match="temperature"):
+        filter_logits(logits, temperature=0)
+
+
+def test_inverse_cdf_draws_follow_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, -1)
+    g = torch.Generator().manual_seed(0)
+    picks = draw(logits, torch.rand(20000, generator=g))
+    freq = torch.bincount(picks, minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.015)
+
+
+@pytest.mark.parametrize("upsampler", [False, True])
+def test_sampling_is_seeded_primed_and_windowed(upsampler):
+    prior = tiny_prior(upsampler)
+    with torch.no_grad():  # untrained label embeddings barely move the logits: make guidance visible
+        prior.labels.artist.weight.mul_(50)
+    upper = torch.randint(0, V, (2, 80 // 4)) if upsampler else None
+    run = lambda seed, **kw: sample_codes(prior, n_tokens=80, labels=labels(2), upper=upper,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(seed), progress=False, **kw)
+    a, b, c = run(1), run(1), run(2)
+    assert a.shape == (2, 80) and int(a.max()) < V and torch.equal(a, b) and not torch.equal(a, c)
+    prime = torch.randint(0, V, (2, 45))  # longer than one window's hop
+    primed = run(3, prime=prime)
+    assert torch.equal(primed[:, :45], prime) and not torch.equal(primed[:, 45:], run(3)[:, 45:])
+    guided = run(1, cfg_scale=3.0)
+    assert guided.shape == (2, 80) and not torch.equal(guided, a)
+    assert torch.equal(run(1, cfg_scale=1.0), a)
+
+
+def test_sampled_windows_continue_the_context():
+    """Beyond n_ctx the next window sees the previous codes: a prior taught to repeat keeps repeating."""
+    from housebox.train.loop import StepOutput, TrainConfig, train
+
+    prior = tiny_prior()
+    pattern = torch.tensor([3, 7, 7, 1] * 8)  # period 4 over the 32-token window
+
+    def batch_fn(generator):
+        shift = int(torch.randint(0, 4, (1,), generator=generator))
+        return torch.roll(pattern, shift)[None].expand(8, -1).clone()
+
+    def step_fn(model, codes):  # windows anywhere in a 96-token track, as sampling will see them
+        c = Conditioning(labels=labels(8), start=torch.randint(0, 5, (8,)) * 16, total_tokens=torch.full((8,), 96))
+        return StepOutput(loss=model(codes, c).loss, metrics={})
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(prior, step_fn=step_fn, batch_fn=batch_fn, out_dir=tmp, describe={"kind": "toy", "model": {}},
+              config=TrainConfig(steps=200, lr=3e-3, warmup_steps=10, checkpoint_every=1000, log_every=50,
+                                 ema_decay=0.0), device="cpu", progress=False)
+    prior.eval()
+    out = sample_codes(prior, n_tokens=96, labels=labels(1), prime=pattern[None, :8], temperature=0.5,
+                       generator=torch.Generator().manual_seed(0), progress=False)
+    expected = pattern.repeat(3)[:96]
+    assert (out[0] == expected).float().mean() > 0.95  # 3 windows of 32 with hop 16
+
+
+# ---- end to end through the CLI --------------------------------------------------------------
+
+TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
+              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
+TINY_UP = ["--set", "upsampler.width=32", "--set", "upsampler.depth=2", "--set", "upsampler.n_ctx=64",
+           "--set", "upsampler_train.batch_size=4", "--set", "upsampler_train.log_every=5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
+                 *TINY_VQVAE, "--set", "vqvae_train.steps=6"]) == 0
+    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
+    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
+                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=10"]) == 0
+    for level in (1, 0):
+        assert main(["train", "upsampler", "--level", str(level), "--data", str(demo_data), "-o",
+                     str(run / f"up_l{level}"), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=6"]) == 0
+    return run
+
+
+def test_prior_training_logs_bits_per_token(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "prior_l2" / "metrics.jsonl").read_text().splitlines()]
+    assert any("bits_per_token" in r for r in rows) and any("eval/bits_per_token" in r for r in rows)
+    meta = json.loads((run_dir / "prior_l2" / "config.json").read_text())["describe"]
+    assert meta["level"] == 2 and "Dawn Atlas" in meta["vocabulary"]["artists"]
+    up = json.loads((run_dir / "up_l1" / "config.json").read_text())["describe"]["model"]
+    assert up["upper_ratio"] == 4 and up["upper_codebook_size"] == 64 and up["timing"] is False
+
+
+def test_wrong_verb_for_level_is_explained(run_dir, demo_data, tmp_path, capsys):
+    assert main(["train", "prior", "--level", "1", "--data", str(demo_data), "-o", str(tmp_path / "x")]) == 2
+    assert "train upsampler" in capsys.readouterr().err
+
+
+def test_sample_cli_writes_everything_and_is_seeded(run_dir, tmp_path, capsys):
+    args = ["sample", str(run_dir), "--artist", "Dawn Atlas", "--genre", "deep house", "--seconds", "1.5", "-n", "2",
+            "--device", "cpu", "--seed", "7", "--top-k", "20"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    for name in ("sample_000.wav", "sample_001.wav", "codes.npz", "spectrogram.png", "report.json", "index.html"):
+        assert (tmp_path / "a" / name).exists(), name
+    a, sr = sf.read(tmp_path / "a" / "sample_000.wav")
+    b, _ = sf.read(tmp_path / "b" / "sample_000.wav")
+    assert sr == 16000 and len(a) == round(1.5 * 125) * 128 and np.array_equal(a, b)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["seed"] == 7 and report["levels_generated"] == [2, 1, 0] and len(report["models"]) == 4
+    assert all(len(m["sha256"]) == 64 for m in report["models"].values())
+    with np.load(tmp_path / "a" / "codes.npz") as codes:
+        assert codes["l2"].shape == (2, 188) and codes["l0"].shape == (2, 188 * 16)
+    assert 'src="sample_000.wav"' in (tmp_path / "a" / "index.html").read_text()
+
+
+def test_unknown_artist_lists_the_known_ones(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--artist", "Nobody", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown artist 'Nobody'" in err and "Dawn Atlas" in err and "\n" not in err.strip()
+
+
+def test_prime_continue_and_upsample_only(run_dir, demo_data, tmp_path):
+    from housebox.audio.io import save_audio
+    from housebox.data.prepare import load_track, read_manifest
+
+    clip = load_track(demo_data, read_manifest(demo_data)[0]["id"])[: 16000 * 2] / 32768.0
+    save_audio(tmp_path / "clip.wav", clip, 16000)
+    base = ["sample", str(run_dir), "--seconds", "2", "--device", "cpu", "--artist", "Dawn Atlas"]
+    assert main([*base, "--prime", str(tmp_path / "clip.wav"), "--prime-seconds", "1", "-o", str(tmp_path / "p")]) == 0
+    from housebox.generate.pipeline import encode_prime, load_run
+
+    primed = np.load(tmp_path / "p" / "codes.npz")
+    expected = encode_prime(load_run(run_dir), tmp_path / "clip.wav", 1.0, 1)
+    assert np.array_equal(primed["l2"][0, :7], expected[2][0, :7].numpy())  # 1 s = 7 whole top tokens at hop 128
+    assert np.array_equal(primed["l0"][0, :7 * 16], expected[0][0, :7 * 16].numpy())  # primed at every level
+    assert main([*base, "--continue", str(tmp_path / "p" / "codes.npz"), "--upsample-only", "--seed", "5",
+                 "-o", str(tmp_path / "u")]) == 0
+    upsampled = np.load(tmp_path / "u" / "codes.npz")
+    assert np.array_equal(upsampled["l2"], primed["l2"]) and not np.array_equal(upsampled["l0"], primed["l0"])
+    assert main([*base, "--levels", "1", "-o", str(tmp_path / "top")]) == 0
+    report = json.loads((tmp_path / "top" / "report.json").read_text())
+    assert report["levels_generated"] == [2] and report["decoded_from_level"] == 2
