@@ -42,7 +42,7 @@ def _cmd_make_demo_corpus(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from housebox.demo import run_demo
 
-    run_demo(Path(args.output), quick=args.quick, seed=args.seed)
+    run_demo(Path(args.output), quick=args.quick, seed=args.seed, device=args.device)
     return 0
 
 
@@ -92,6 +92,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     audio_seconds = generation.audio.shape[1] / generation.sample_rate
     print(f"wrote {len(wavs)} x {audio_seconds:.1f} s to {out} (open {out / 'index.html'}); "
           f"{generation.wall_seconds:.1f} s wall, decoded from level {generation.lowest_level}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from housebox.evaluate.run import evaluate_run, print_summary
+    from housebox.generate.pipeline import load_run
+
+    run = load_run(args.run, _device(args.device))
+    out = Path(args.output or Path(args.run) / "evaluation")
+    report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed)
+    print_summary(report)
+    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
     return 0
 
 
@@ -209,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.set_defaults(func=_cmd_encode)
 
+    p = verbs.add_parser("evaluate", help="reconstruction, bits/token and statistics of generated music",
+                         description="Evaluate a run: VQ-VAE per level, priors' validation bits/token, and tracks "
+                                     "generated per artist against held-out audio (tempo, key, loudness, "
+                                     "centroid, kick periodicity, Fréchet mel+chroma distance).")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
+    p.add_argument("-o", "--output", help="report folder (default RUN/evaluation)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of generated tracks (default 30)")
+    p.add_argument("--per-artist", type=int, default=1, help="tracks generated per artist (default 1)")
+    p.add_argument("--seed", type=int, default=1000, help="seed for generation (default 1000)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = verbs.add_parser("evaluate-vqvae", help="reconstruction quality and codebook use per level",
                          description="Spectral convergence, MR-STFT, mel L1, SI-SDR, codebook usage and bitrate "
                                      "per level on validation tracks; JSON and PNGs.")
@@ -225,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo", help="folder for everything the demo writes (default demo/)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version (used by the tests)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

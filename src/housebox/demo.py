@@ -1,22 +1,102 @@
-"""`housebox demo`: the pipeline on the built-in corpus, on CPU, in minutes."""
+"""`housebox demo`: the whole pipeline on the built-in corpus, on CPU, in minutes.
+
+corpus -> prepare -> train VQ-VAE -> encode -> train top prior and two upsamplers -> sample one track
+per artist -> evaluate. Everything lands under one folder; re-running resumes finished stages.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from housebox.data.demo_corpus import make_demo_corpus
-from housebox.data.prepare import PrepareSettings, prepare
+from housebox.config import apply_overrides, load_preset
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0) -> None:
-    minutes = 1.5 if quick else 6.0
-    sample_rate = 16000
-    corpus = out / "corpus"
-    data = out / "data"
-    print(f"[1/2] rendering {minutes:g} min of built-in house music into {corpus}")
-    info = make_demo_corpus(corpus, minutes=minutes, seed=seed, sample_rate=22050)
-    print(f"[2/2] preparing {len(info.tracks)} tracks into {data}")
-    report = prepare(corpus, data, PrepareSettings(sample_rate=sample_rate, seed=seed), labels_csv=info.labels_csv)
-    print(f"dataset ready: {report.tracks} tracks, {report.seconds / 60:.1f} min at {sample_rate} Hz in {data}")
-    print(f"corpus spectrogram: {corpus / 'spectrogram.png'}")
-    print("next: housebox train vqvae --data", data, "-o", out / "runs/vqvae", "--preset tiny")
+@dataclass(frozen=True)
+class DemoPlan:
+    minutes: float  # of corpus
+    vqvae_steps: int
+    prior_steps: int
+    upsampler_steps: int
+    seconds: float  # per generated track
+    overrides: tuple[str, ...] = ()
+
+
+FULL = DemoPlan(minutes=6.0, vqvae_steps=400, prior_steps=600, upsampler_steps=400, seconds=30.0)
+QUICK = DemoPlan(minutes=1.0, vqvae_steps=20, prior_steps=20, upsampler_steps=10, seconds=3.0, overrides=(
+    "vqvae.width=16", "vqvae.depth=1", "vqvae.codebook_size=64", "vqvae.code_width=16",
+    "vqvae_data.chunk_seconds=0.256", "vqvae_train.batch_size=4",
+    "prior.width=32", "prior.depth=2", "prior.n_ctx=64", "prior_train.batch_size=4",
+    "upsampler.width=32", "upsampler.depth=2", "upsampler.n_ctx=64", "upsampler_train.batch_size=4",
+))
+
+
+_STARTED = [0.0]
+
+
+def _stage(number: int, total: int, text: str) -> None:
+    elapsed = time.time() - _STARTED[0]
+    print(f"\n[{number}/{total}] {text}  (at {elapsed / 60:.1f} min)", flush=True)
+
+
+def _done(model_dir: Path, steps: int) -> bool:
+    import json
+
+    path = model_dir / "config.json"
+    return path.exists() and json.loads(path.read_text()).get("step", 0) >= steps
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto") -> dict:
+    from housebox.data.codes import encode_dataset
+    from housebox.data.demo_corpus import make_demo_corpus
+    from housebox.data.prepare import PrepareSettings, prepare
+    from housebox.evaluate.run import evaluate_run, print_summary
+    from housebox.generate.pipeline import load_run
+    from housebox.train.prior import train_prior
+    from housebox.train.vqvae import train_vqvae
+
+    plan = QUICK if quick else FULL
+    started = _STARTED[0] = time.time()
+    out = Path(out)
+    corpus, data, run = out / "corpus", out / "data", out / "run"
+    preset = apply_overrides(load_preset("tiny"), [
+        *plan.overrides,
+        f"vqvae_train.steps={plan.vqvae_steps}", f"prior_train.steps={plan.prior_steps}",
+        f"upsampler_train.steps={plan.upsampler_steps}",
+        f"vqvae_train.seed={seed}", f"prior_train.seed={seed}", f"upsampler_train.seed={seed}",
+    ])
+    sample_rate = preset["vqvae"]["sample_rate"]
+    total = 7
+
+    _stage(1, total, f"rendering {plan.minutes:g} min of built-in house music into {corpus}")
+    info = make_demo_corpus(corpus, minutes=plan.minutes, seed=seed, sample_rate=22050)
+    _stage(2, total, f"preparing {len(info.tracks)} tracks at {sample_rate} Hz into {data}")
+    prepare(corpus, data, PrepareSettings(sample_rate=sample_rate, seed=seed), labels_csv=info.labels_csv)
+
+    _stage(3, total, f"training the VQ-VAE ({plan.vqvae_steps} steps) into {run / 'vqvae'}")
+    if not _done(run / "vqvae", plan.vqvae_steps):
+        train_vqvae(data, run / "vqvae", preset, resume=True, device=device)
+    _stage(4, total, "encoding the dataset into codes")
+    encode_dataset(data, run / "vqvae", device="cpu")
+
+    _stage(5, total, f"training the top-level prior ({plan.prior_steps} steps) and two upsamplers "
+                     f"({plan.upsampler_steps} steps each)")
+    for level, steps, upsampler, name in ((2, plan.prior_steps, False, "prior_l2"),
+                                          (1, plan.upsampler_steps, True, "up_l1"),
+                                          (0, plan.upsampler_steps, True, "up_l0")):
+        if not _done(run / name, steps):
+            train_prior(data, run / name, level, preset, upsampler=upsampler, resume=True, device=device)
+
+    _stage(6, total, f"sampling one {plan.seconds:g}-second track per artist, then evaluating")
+    loaded = load_run(run, "cpu")
+    report = evaluate_run(loaded, data, out / "evaluation", seconds=plan.seconds, per_artist=1, seed=seed + 1000)
+    _stage(7, total, "summary")
+    print_summary(report)
+    minutes = (time.time() - started) / 60
+    print(f"\ndemo finished in {minutes:.1f} min. Listen: open {out / 'evaluation' / 'samples'}/*/index.html")
+    for artist in report["generated"]:
+        print(f"  {artist['artist']}: {artist['samples_dir']}/sample_000.wav")
+    print(f"plots: {out / 'evaluation' / 'evaluation.png'}, {out / 'evaluation' / 'vqvae_spectrograms.png'}, "
+          f"{corpus / 'spectrogram.png'}, loss curves in {run}/*/loss.png")
+    return report

@@ -7,6 +7,7 @@ Plain functions with explicit arguments and an explicit `torch.Generator`: same 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -54,8 +55,29 @@ def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: T
                         total_tokens=torch.full((b,), total_tokens, device=device), upper=window_upper)
 
 
+@contextmanager
+def sampling_threads(device: torch.device, threads: int | None):
+    """Token-by-token sampling is overhead-bound: on CPU one thread is as fast as two or faster
+    (OpenMP fork/join costs more than the second core gives; see PERFORMANCE.md)."""
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sample_codes(prior: Prior, *, threads: int | None = 1, **kwargs) -> Tensor:
+    """See `_sample_codes`; on CPU, runs with `threads` threads (None: leave torch's setting)."""
+    with sampling_threads(prior.head.weight.device, threads):
+        return _sample_codes(prior, **kwargs)
+
+
 @torch.inference_mode()
-def sample_codes(
+def _sample_codes(
     prior: Prior,
     *,
     n_tokens: int,
