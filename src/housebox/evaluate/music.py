@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import linalg
-
 from housebox.audio.features import FeatureError, beat_periodicity, chroma, estimate_key, estimate_tempo
 from housebox.audio.io import loudness_lufs
 
@@ -99,7 +97,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError("the Fréchet distance needs at least two feature vectors on each side")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    eps = 1e-6 * np.eye(a.shape[1])
-    root, _ = linalg.sqrtm((cov_a + eps) @ (cov_b + eps), disp=False)
-    root = root.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    # trace(sqrt(A B)) is the sum of the square roots of the eigenvalues of A B (real, >= 0 for covariances)
+    eigenvalues = np.linalg.eigvals(cov_a @ cov_b).real
+    trace_root = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)

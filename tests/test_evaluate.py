@@ -1,0 +1,63 @@
+"""Statistics of generated music, the Fréchet distance, and the quick demo end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from housebox.data.demo_corpus import ARTISTS, render_track
+from housebox.evaluate.music import frechet_distance, mel_chroma_features, spectral_centroid, track_stats
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def tracks():
+    return {style.name: render_track(style, 12.0, SR, seed=3).mean(axis=0) for style in ARTISTS}
+
+
+def test_track_stats_recover_each_artists_style(tracks):
+    for style in ARTISTS:
+        stats = track_stats(tracks[style.name], SR)
+        assert abs(stats.bpm - style.bpm) < 1.0
+        assert stats.key == style.key
+        assert stats.kick_periodicity > 0.35
+        assert -30 < stats.lufs < 0 and 100 < stats.centroid_hz < SR / 2
+        assert abs(sum(stats.chroma) - 1) < 1e-3
+    rng = np.random.default_rng(0)
+    noise = track_stats(rng.normal(0, 0.1, SR * 12), SR)
+    assert noise.kick_periodicity is None or noise.kick_periodicity < 0.15
+
+
+def test_spectral_centroid_of_a_tone():
+    t = np.arange(SR) / SR
+    assert spectral_centroid(np.sin(2 * np.pi * 1000 * t), SR) == pytest.approx(1000, rel=0.02)
+
+
+def test_frechet_distance_separates_distributions(tracks):
+    a = mel_chroma_features(tracks[ARTISTS[0].name], SR)
+    b = mel_chroma_features(render_track(ARTISTS[0], 12.0, SR, seed=4).mean(axis=0), SR)
+    rng = np.random.default_rng(0)
+    noise = mel_chroma_features(rng.normal(0, 0.1, SR * 12).astype(np.float32), SR)
+    assert a.shape == (12, 44)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-3)
+    same_artist = frechet_distance(a, b)
+    assert same_artist < frechet_distance(a, noise) / 5
+    with pytest.raises(ValueError, match="at least two"):
+        frechet_distance(a[:1], b)
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    from housebox.cli import main
+
+    assert main(["demo", "-o", str(tmp_path), "--quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "demo finished" in out
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert {r["artist"] for r in report["generated"]} == {a.name for a in ARTISTS}
+    assert set(report["prior_bits_per_token"]) == {"level_0", "level_1", "level_2"}
+    for r in report["generated"]:
+        wav = tmp_path / "evaluation" / "samples" / r["samples_dir"].split("/")[-1] / "sample_000.wav"
+        assert wav.exists() and (wav.parent / "index.html").exists()
+        assert abs(r["reference_bpm"] - next(a.bpm for a in ARTISTS if a.name == r["artist"])) < 1.0
+    assert (tmp_path / "evaluation" / "evaluation.png").stat().st_size > 5000
