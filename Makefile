@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.housebox-installed
-SYSTEM_PACKAGES := espeak-ng
+SYSTEM_PACKAGES := espeak-ng chromium
 
 .PHONY: demo test test-fast install system-deps bench clean
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,av]'
 	touch $(STAMP)
 
-# Debian packages the tests use (espeak-ng: speech for the vocal-removal test).
+# Debian packages the tests use: espeak-ng (speech for the vocal-removal test), chromium (browser test).
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,0 +1,84 @@
+"""Whole-pipeline real-time factor: seconds of audio per wall second, for the `small` preset on CPU.
+
+Speed does not depend on what the weights learned, so the models are freshly initialised from the
+preset (22.05 kHz; top prior + two upsamplers with factorised attention, n_ctx 1024). Prints the time
+of each level and of decoding, for 1 and 2 threads of the decoder (sampling itself runs on one thread).
+For reference: Jukebox needed ~540 wall seconds per audio second on a V100 for its 5B model.
+
+    python bench/bench_pipeline.py [--seconds 4] [--n 1] [--preset small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from housebox.config import build, load_preset
+from housebox.generate.pipeline import Run, SampleSettings, decode, generate
+from housebox.models.prior import Prior, PriorConfig
+from housebox.models.vqvae import VQVAE, VQVAEConfig
+
+
+def build_run(preset_name: str) -> Run:
+    preset = load_preset(preset_name)
+    torch.manual_seed(0)
+    vq_config = build(VQVAEConfig, preset["vqvae"])
+    vqvae = VQVAE(vq_config).eval()
+    priors = {}
+    top = vq_config.levels - 1
+    for level in range(vq_config.levels):
+        upsampler = level < top
+        section = dict(preset["upsampler" if upsampler else "prior"])
+        section.update(level=level, codebook_size=vq_config.codebook_size, n_artists=2, n_genres=2,
+                       sample_rate=vq_config.sample_rate, hop=vq_config.hops[level], timing=not upsampler,
+                       upper_codebook_size=vq_config.codebook_size if upsampler else 0,
+                       upper_ratio=vq_config.hops[level + 1] // vq_config.hops[level] if upsampler else 1)
+        priors[level] = Prior(build(PriorConfig, section)).eval()
+    return Run(root=Path("."), vqvae=vqvae, vqvae_dir=Path("."), priors=priors, prior_dirs={},
+               artists=("unknown", "a"), genres=("unknown", "house"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--seconds", type=float, default=4.0, help="audio seconds per track (default 4)")
+    parser.add_argument("--n", type=int, default=1, help="tracks per batch (default 1)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    run = build_run(args.preset)
+    params = {lv: sum(p.numel() for p in pr.parameters()) / 1e6 for lv, pr in run.priors.items()}
+    print(f"preset {args.preset}: {run.vqvae.config.sample_rate} Hz, prior parameters (M) per level: "
+          + ", ".join(f"l{lv} {m:.2f}" for lv, m in sorted(params.items())))
+    settings = SampleSettings(artist="a", genres=("house",), seconds=args.seconds, n=args.n)
+    totals, levels = [], {lv: [] for lv in run.priors}
+    decode_times = {1: [], 2: []}
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        generation = generate(run, settings, progress=False)
+        totals.append(time.perf_counter() - started)
+        for lv, rate in generation.tokens_per_second.items():
+            levels[lv].append(rate)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            tick = time.perf_counter()
+            decode(run.vqvae, generation.codes[0], 0)
+            decode_times[threads].append(time.perf_counter() - tick)
+    audio = args.seconds * args.n
+    wall = statistics.median(totals)
+    print(f"generated {args.n} x {args.seconds:g} s in {wall:.1f} s (median of {args.rounds}): "
+          f"real-time factor {audio / wall:.3f} audio s per wall s ({wall / audio:.1f} wall s per audio s)")
+    for lv in sorted(levels, reverse=True):
+        rate = statistics.median(levels[lv])
+        per_second = run.vqvae.config.tokens_per_second(lv)
+        print(f"  level {lv}: {rate:,.0f} tokens/s sampled ({per_second:,.0f} tokens per audio second)")
+    for threads, times in decode_times.items():
+        print(f"  decode level 0 with {threads} thread(s): {audio / statistics.median(times):.1f}x real time")
+    print("Jukebox 5B on a V100: ~540 wall s per audio s (Dhariwal et al., 2020).")
+
+
+if __name__ == "__main__":
+    main()
