@@ -1,0 +1,466 @@
+"""Decoder-only transformer of the priors, with dense or factorised attention and a KV cache.
+
+Pre-LayerNorm blocks (LN -> attention -> residual, LN -> MLP(GELU, tanh form) -> residual) over
+hidden states Tensor[B x T x D]; the prior around it owns embeddings, conditioning and the output
+head. GPT-2 initialisation.
+
+Attention kinds (Jukebox's sparse-transformer variants). Positions are arranged in rows of
+`block_size`; query i may see key j when:
+- dense:      j <= i
+- row:        j <= i and j // block_size == i // block_size        (causal within its own row)
+- column:     j <= i and j % block_size == i % block_size          (same column, earlier rows)
+- prev_block: j // block_size == i // block_size - 1, or j == i    (the whole previous row, and itself)
+Every query sees at least itself. The training `forward` computes the factorised kinds on
+reshaped blocks, O(n * sqrt n) memory and compute when block_size ~ sqrt n_ctx; no n x n mask is built.
+
+Sampling goes through `Transformer.step` with a `KVCache` made by `Transformer.new_cache`: one
+preallocated key and value buffer per layer, new keys written in place, the layer parameters fetched
+once per cache. At batch 1 on a CPU a step is bound by Python and dispatch overhead, so `step` calls
+torch.nn.functional directly and a single query attends to a view of the cache (a strided view for
+`column`). Call it under `torch.inference_mode()` and make the cache in the same mode; `step` never
+applies dropout. A prime prefilled from position 0 runs the training computation; one that starts
+mid-cache (t > 1, pos > 0) uses an explicit t x (pos + t) mask, so prefill long primes from 0 or
+in chunks. Under autocast the cache may be float32 or the autocast dtype.
+
+Read top-down: masks -> attention functions -> CausalSelfAttention -> MLP -> Block (and its cached
+twin block_step) -> TransformerConfig -> KVCache -> Transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ATTENTION_KINDS = ("dense", "row", "column", "prev_block")
+FACTORISED_KINDS = ("row", "column", "prev_block")
+
+
+class TransformerError(ValueError):
+    """Bad transformer configuration, input shape or cache position."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and attention
+
+
+def attention_mask(kind: str, queries: Tensor, keys: Tensor, *, block_size: int) -> Tensor:
+    """Which keys each query may see: LongTensor[Q] positions, LongTensor[K] positions -> BoolTensor[Q x K].
+
+    Dense n x n masks are built only for prefills that start mid-cache; training never builds one.
+    """
+    i = queries[:, None]  # (Q, 1)
+    j = keys[None, :]  # (1, K)
+    if kind == "dense":
+        return j <= i
+    if kind == "row":
+        return (j <= i) & (j // block_size == i // block_size)
+    if kind == "column":
+        return (j <= i) & (j % block_size == i % block_size)
+    if kind == "prev_block":
+        return (j // block_size == i // block_size - 1) | (j == i)
+    raise TransformerError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")
+
+
+def prev_block_mask(block_size: int, *, device: torch.device | str | None = None) -> Tensor:
+    """What a query at offset o of its row sees of [previous row, own row]: BoolTensor[b x 2b].
+
+    Row o is True on the b keys of the previous row and on own-row key o.
+    """
+    own = torch.eye(block_size, dtype=torch.bool, device=device)  # (b, b)
+    previous = torch.ones(block_size, block_size, dtype=torch.bool, device=device)  # (b, b)
+    return torch.cat([previous, own], dim=1)  # (b, 2b)
+
+
+def with_previous_row(x: Tensor) -> Tensor:
+    """Each row's keys preceded by the previous row's (zeros before the first row).
+
+    Tensor[B x H x rows x b x hd] -> Tensor[B x H x rows x 2b x hd].
+    """
+    previous = F.pad(x[:, :, :-1], (0, 0, 0, 0, 1, 0))  # (B, H, rows, b, hd), shifted down one row
+    return torch.cat([previous, x], dim=3)
+
+
+def blockwise_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0
+) -> Tensor:
+    """Factorised causal attention on rows of `block_size` positions.
+
+    q, k, v: Tensor[B x H x T x hd] for positions 0..T-1 -> Tensor[B x H x T x hd].
+    T is zero-padded on the right to a multiple of block_size; padded positions come after every
+    real one, so no real query sees them, and their outputs are dropped. The short sequences
+    (rows, columns) are folded into the head dimension so SDPA gets 4-d inputs (its fused kernels
+    take nothing else).
+    """
+    B, H, T, hd = q.shape
+    b = block_size
+    pad = -T % b
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))  # (B, H, T + pad, hd)
+    rows = (T + pad) // b
+    if kind == "row":
+        q, k, v = (x.reshape(B, H * rows, b, hd) for x in (q, k, v))  # (B, H * rows, b, hd): one sequence per row
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    elif kind == "column":
+        q, k, v = (
+            x.reshape(B, H, rows, b, hd).transpose(2, 3).reshape(B, H * b, rows, hd) for x in (q, k, v)
+        )  # (B, H * b, rows, hd): one sequence per column
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        y = y.view(B, H, b, rows, hd).transpose(2, 3)  # (B, H, rows, b, hd)
+    elif kind == "prev_block":
+        q = q.reshape(B, H * rows, b, hd)  # (B, H * rows, b, hd)
+        k, v = (with_previous_row(x.reshape(B, H, rows, b, hd)).reshape(B, H * rows, 2 * b, hd) for x in (k, v))
+        mask = prev_block_mask(b, device=q.device).repeat(rows, 1, 1)  # (rows, b, 2b)
+        mask[0, :, :b] = False  # the first row has no previous row (its keys there are zero padding)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(H, 1, 1), dropout_p=dropout_p)
+    else:
+        raise TransformerError(f"blockwise attention needs one of {FACTORISED_KINDS}, got {kind!r}")
+    return y.reshape(B, H, rows * b, hd)[:, :, :T]  # (B, H, T, hd)
+
+
+def causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0
+) -> Tensor:
+    """Attention of one kind over a whole sequence from position 0.
+
+    q, k, v: Tensor[B x H x T x hd] -> Tensor[B x H x T x hd].
+    """
+    if kind == "dense":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    return blockwise_attention(q, k, v, kind=kind, block_size=block_size, dropout_p=dropout_p)
+
+
+def single_query_attention(
+    q: Tensor, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor
+) -> Tensor:
+    """One new query at `pos` against the cache, through views only (the sampling hot path).
+
+    q: Tensor[B x H x 1 x hd]; keys, values: Tensor[B x H x n_ctx x hd] already holding
+    positions 0..pos; prev_mask: BoolTensor[b x 2b] from `prev_block_mask` -> Tensor[B x H x 1 x hd].
+    """
+    if kind == "dense":
+        return F.scaled_dot_product_attention(q, keys.narrow(2, 0, pos + 1), values.narrow(2, 0, pos + 1))
+    row_start = pos - pos % block_size
+    if kind == "row":
+        row = pos + 1 - row_start
+        return F.scaled_dot_product_attention(q, keys.narrow(2, row_start, row), values.narrow(2, row_start, row))
+    if kind == "column":
+        column = slice(pos % block_size, pos + 1, block_size)
+        return F.scaled_dot_product_attention(q, keys[:, :, column], values[:, :, column])
+    if row_start == 0:  # prev_block in the first row: only itself
+        return values.narrow(2, pos, 1).to(q.dtype)
+    offset = pos - row_start
+    window = block_size + offset + 1  # the previous row, then the own row up to pos
+    mask = prev_mask[offset : offset + 1, :window]  # (1, window)
+    start = row_start - block_size
+    return F.scaled_dot_product_attention(
+        q, keys.narrow(2, start, window), values.narrow(2, start, window), attn_mask=mask
+    )
+
+
+def cached_attention(
+    q: Tensor, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor
+) -> Tensor:
+    """Queries for positions pos..pos+t-1 against a cache that already holds their keys and values.
+
+    q: Tensor[B x H x t x hd]; keys, values: Tensor[B x H x n_ctx x hd] -> Tensor[B x H x t x hd].
+    """
+    t = q.shape[2]
+    if t == 1:
+        return single_query_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
+    if pos == 0:  # a prefill from the start is exactly the training computation
+        return causal_attention(q, keys[:, :, :t], values[:, :, :t], kind=kind, block_size=block_size)
+    # A prefill that starts mid-cache: explicit mask over the keys any of these queries can see.
+    first = {"row": pos - pos % block_size, "prev_block": max(0, pos - pos % block_size - block_size)}.get(kind, 0)
+    mask = attention_mask(
+        kind,
+        torch.arange(pos, pos + t, device=q.device),
+        torch.arange(first, pos + t, device=q.device),
+        block_size=block_size,
+    )  # (t, pos + t - first)
+    return F.scaled_dot_product_attention(q, keys[:, :, first : pos + t], values[:, :, first : pos + t], attn_mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention of one kind, fused QKV projection.
+    Tensor[B x T x D] -> Tensor[B x T x D]."""
+
+    def __init__(
+        self, *, width: int, heads: int, kind: str, block_size: int, dropout: float = 0.0, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.heads = heads
+        self.kind = kind
+        self.block_size = block_size
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Linear -> GELU -> Linear -> dropout. Tensor[B x T x D] -> Tensor[B x T x D].
+
+    GELU in GPT-2's tanh form: on CPU the exact (erf) form goes through a oneDNN call that costs
+    ~6 us at batch 1, about an eighth of a sampling step at the reference size.
+    """
+
+    def __init__(self, *, width: int, ratio: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, ratio * width, bias=bias)
+        self.proj = nn.Linear(ratio * width, width, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """The parameters of one block, fetched once for `Transformer.step`.
+
+    Views of the module's own tensors (in-place updates are seen). Linear weights are transposed
+    views, Tensor[in x out], ready for torch.addmm; biases are None when the model has none.
+    """
+
+    ln1_weight: Tensor
+    ln1_bias: Tensor | None
+    qkv_t: Tensor
+    qkv_bias: Tensor | None
+    proj_t: Tensor
+    proj_bias: Tensor | None
+    ln2_weight: Tensor
+    ln2_bias: Tensor | None
+    fc_t: Tensor
+    fc_bias: Tensor | None
+    out_t: Tensor
+    out_bias: Tensor | None
+
+
+def affine(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    """x Tensor[N x in] @ weight_t Tensor[in x out] (+ bias Tensor[out]) -> Tensor[N x out], one kernel."""
+    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block. Tensor[B x T x D] -> Tensor[B x T x D]."""
+
+    def __init__(
+        self, *, width: int, heads: int, kind: str, block_size: int, mlp_ratio: int, dropout: float, bias: bool
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width, bias=bias)
+        self.attn = CausalSelfAttention(
+            width=width, heads=heads, kind=kind, block_size=block_size, dropout=dropout, bias=bias
+        )
+        self.ln2 = nn.LayerNorm(width, bias=bias)
+        self.mlp = MLP(width=width, ratio=mlp_ratio, dropout=dropout, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def weights(self) -> BlockWeights:
+        """This block's parameters as plain references, for the cached step."""
+        return BlockWeights(
+            ln1_weight=self.ln1.weight, ln1_bias=self.ln1.bias,
+            qkv_t=self.attn.qkv.weight.t(), qkv_bias=self.attn.qkv.bias,
+            proj_t=self.attn.proj.weight.t(), proj_bias=self.attn.proj.bias,
+            ln2_weight=self.ln2.weight, ln2_bias=self.ln2.bias,
+            fc_t=self.mlp.fc.weight.t(), fc_bias=self.mlp.fc.bias,
+            out_t=self.mlp.proj.weight.t(), out_bias=self.mlp.proj.bias,
+        )  # fmt: skip
+
+
+def block_step(
+    x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor
+) -> Tensor:
+    """`Block.forward` for positions pos..pos+t-1 of B sequences, writing their keys and values into the cache.
+
+    x: Tensor[(B * t) x D], batch-major; keys, values: Tensor[B x H x n_ctx x hd] -> Tensor[(B * t) x D].
+    """
+    D = x.shape[1]
+    B, H = keys.shape[0], keys.shape[1]
+    t = x.shape[0] // B
+    h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
+    q, k, v = affine(h, w.qkv_t, w.qkv_bias).view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
+    keys.narrow(2, pos, t).copy_(k)
+    values.narrow(2, pos, t).copy_(v)
+    y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
+    y = y.transpose(1, 2).reshape(B * t, D)  # (B * t, D)
+    x = x + affine(y, w.proj_t, w.proj_bias)
+    h = F.layer_norm(x, (D,), w.ln2_weight, w.ln2_bias)
+    return x + affine(F.gelu(affine(h, w.fc_t, w.fc_bias), approximate="tanh"), w.out_t, w.out_bias)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shape of a prior's transformer.
+
+    attention: kinds cycled over the layers, e.g. ("row", "column", "prev_block") as in Jukebox.
+    block_size: row length of the factorised kinds; n_ctx must be a multiple of it when any is used.
+    """
+
+    width: int = 128
+    depth: int = 4
+    heads: int = 2
+    n_ctx: int = 1024
+    attention: tuple[str, ...] = ("dense",)
+    block_size: int = 32
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attention", tuple(self.attention))  # YAML gives lists
+        for name in ("width", "depth", "heads", "n_ctx", "block_size", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise TransformerError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise TransformerError(f"width={self.width} is not a multiple of heads={self.heads}")
+        if not self.attention:
+            raise TransformerError(f"attention pattern is empty; use kinds from {ATTENTION_KINDS}")
+        unknown = [kind for kind in self.attention if kind not in ATTENTION_KINDS]
+        if unknown:
+            raise TransformerError(f"unknown attention kind(s) {unknown}; expected kinds from {ATTENTION_KINDS}")
+        if self.factorised and self.n_ctx % self.block_size:
+            raise TransformerError(
+                f"n_ctx={self.n_ctx} is not a multiple of block_size={self.block_size} (needed by factorised attention)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise TransformerError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def factorised(self) -> bool:
+        """True when any layer uses row, column or prev_block attention."""
+        return any(kind in FACTORISED_KINDS for kind in self.attention)
+
+    def layer_kinds(self) -> tuple[str, ...]:
+        """The attention kind of every layer (the pattern cycled over depth)."""
+        return tuple(self.attention[i % len(self.attention)] for i in range(self.depth))
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for one sampling run, preallocated to n_ctx.
+
+    keys, values: one Tensor[B x H x n_ctx x hd] per layer; position p lives at [:, :, p].
+    weights: every block's parameters, fetched once (the same tensors as the module's, so later
+        in-place updates are seen; make a new cache after replacing parameters).
+    final_weight, final_bias: the final LayerNorm's parameters, fetched likewise.
+    prev_mask: BoolTensor[b x 2b] from `prev_block_mask`.
+    """
+
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+    weights: tuple[BlockWeights, ...]
+    final_weight: Tensor
+    final_bias: Tensor | None
+    prev_mask: Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+
+class Transformer(nn.Module):
+    """Stack of pre-LayerNorm blocks and a final LayerNorm over hidden states.
+    Tensor[B x T x D] -> Tensor[B x T x D], causal, T <= n_ctx."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.kinds = config.layer_kinds()
+        self.blocks = nn.ModuleList(
+            Block(
+                width=config.width, heads=config.heads, kind=kind, block_size=config.block_size,
+                mlp_ratio=config.mlp_ratio, dropout=config.dropout, bias=config.bias,
+            )
+            for kind in self.kinds
+        )  # fmt: skip
+        self.ln_f = nn.LayerNorm(config.width, bias=config.bias)
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * config.depth)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2 init: linear weights N(0, 0.02), biases 0; LayerNorm 1 and 0."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B x T x D] for positions 0..T-1 -> Tensor[B x T x D]."""
+        if x.dim() != 3 or x.shape[2] != self.config.width:
+            raise TransformerError(f"expected input [B x T x {self.config.width}], got {list(x.shape)}")
+        if x.shape[1] > self.config.n_ctx:
+            raise TransformerError(f"sequence length {x.shape[1]} exceeds n_ctx={self.config.n_ctx}")
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def new_cache(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """Zeroed key/value buffers for `batch` sequences: one Tensor[B x H x n_ctx x hd] each per layer.
+
+        Make it in the mode `step` runs in (under torch.inference_mode() for sampling).
+        device / dtype default to the parameters'.
+        """
+        c = self.config
+        reference = self.ln_f.weight
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        shape = (batch, c.heads, c.n_ctx, c.width // c.heads)
+
+        def buffers() -> tuple[Tensor, ...]:
+            return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.depth))
+
+        return KVCache(
+            keys=buffers(),
+            values=buffers(),
+            weights=tuple(block.weights() for block in self.blocks),
+            final_weight=self.ln_f.weight,
+            final_bias=self.ln_f.bias,
+            prev_mask=prev_block_mask(c.block_size, device=device),
+        )
+
+    def step(self, x: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """Hidden states for positions pos..pos+t-1, given the cache filled for positions < pos.
+
+        x: Tensor[B x t x D] (t = 1 to sample, t > 1 to prefill a prime) -> Tensor[B x t x D],
+        equal to forward(whole sequence)[:, pos : pos + t]. Writes their keys and values into `cache`.
+        """
+        B, t, D = x.shape
+        if B != cache.batch or D != self.config.width:
+            raise TransformerError(f"expected input [{cache.batch} x t x {self.config.width}], got {list(x.shape)}")
+        if pos < 0 or pos + t > self.config.n_ctx:
+            raise TransformerError(f"positions {pos}..{pos + t - 1} fall outside the context of {self.config.n_ctx}")
+        block_size, prev_mask = self.config.block_size, cache.prev_mask
+        x = x.reshape(B * t, D)  # (B * t, D)
+        for kind, weights, keys, values in zip(self.kinds, cache.weights, cache.keys, cache.values):
+            x = block_step(x, weights, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
+        return F.layer_norm(x, (D,), cache.final_weight, cache.final_bias).view(B, t, D)

@@ -1,0 +1,227 @@
+"""The prior's transformer: cached steps equal the full forward, masks are exactly the definitions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from housebox.models.transformer import ATTENTION_KINDS, Transformer, TransformerConfig, TransformerError
+
+PATTERNS = [(kind,) for kind in ATTENTION_KINDS] + [("row", "column", "prev_block", "dense")]
+BLOCK = 4
+N_CTX = 24
+
+
+def tiny(attention: tuple[str, ...], *, depth: int = 4, seed: int = 0, n_ctx: int = N_CTX) -> Transformer:
+    """A small transformer with weights large enough that attention is far from uniform."""
+    torch.manual_seed(seed)
+    config = TransformerConfig(width=16, depth=depth, heads=2, n_ctx=n_ctx, attention=attention, block_size=BLOCK)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
+
+
+def visible(kind: str, i: int, j: int, b: int = BLOCK) -> bool:
+    """The definitions, written out independently of the module: may query i see key j?"""
+    if kind == "dense":
+        return j <= i
+    if kind == "row":
+        return j <= i and j // b == i // b
+    if kind == "column":
+        return j <= i and j % b == i % b
+    return j // b == i // b - 1 or j == i  # prev_block
+
+
+def mask_of(kind: str, T: int) -> torch.Tensor:
+    """BoolTensor[T x T] from `visible`."""
+    return torch.tensor([[visible(kind, i, j) for j in range(T)] for i in range(T)])
+
+
+def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """Slow reference: every layer attends through an explicit T x T mask and a plain softmax."""
+    B, T, D = x.shape
+    H = model.config.heads
+    for block in model.blocks:
+        h = block.ln1(x)
+        q, k, v = block.attn.qkv(h).split(D, dim=-1)  # 3 x (B, T, D)
+        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D // H)  # (B, H, T, T)
+        scores = scores.masked_fill(~mask_of(block.attn.kind, T), float("-inf"))
+        y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        x = x + block.attn.proj(y)
+        x = x + block.mlp(block.ln2(x))
+    return model.ln_f(x)
+
+
+def run_steps(model: Transformer, x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    """Feed x Tensor[B x T x D] through `step` in chunks of the given sizes -> Tensor[B x T x D]."""
+    with torch.inference_mode():
+        cache = model.new_cache(x.shape[0], device=x.device, dtype=x.dtype)
+        outputs, pos = [], 0
+        for size in chunks:
+            outputs.append(model.step(x[:, pos : pos + size], cache, pos))
+            pos += size
+    return torch.cat(outputs, dim=1)
+
+
+@pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_steps_equal_forward(attention: tuple[str, ...], batch: int) -> None:
+    model = tiny(attention)
+    T = 22  # not a multiple of the block: the forward pads the last row
+    x = torch.randn(batch, T, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(x)
+    one_by_one = run_steps(model, x, [1] * T)
+    prefilled = run_steps(model, x, [7] + [1] * (T - 7))  # a prime from position 0, then sampling
+    mid_prefill = run_steps(model, x, [3, 1, 6, 1, 5] + [1] * (T - 16))  # primes that start mid-row
+    for got in (one_by_one, prefilled, mid_prefill):
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_step_fills_the_whole_context() -> None:
+    model = tiny(("row", "column", "prev_block"), depth=3)
+    x = torch.randn(2, N_CTX, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = model(x)
+    assert (run_steps(model, x, [5] + [1] * (N_CTX - 5)) - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_one_layer_sees_exactly_its_mask(kind: str) -> None:
+    """d output_t / d input_s is non-zero exactly where the definition lets t see s (one layer)."""
+    model = tiny((kind,), depth=1)
+    T = 14
+    x = torch.randn(1, T, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    y = model(x)
+    seen = torch.zeros(T, T, dtype=torch.bool)
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        seen[t] = grad[0].abs().sum(dim=-1) > 0
+    assert torch.equal(seen, mask_of(kind, T)), f"{kind}: gradient pattern differs from the definition"
+
+
+@pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
+def test_deep_stack_is_causal(attention: tuple[str, ...]) -> None:
+    model = tiny(attention, depth=4)
+    T = 13
+    x = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    y = model(x)
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[:, t].sum(), x, retain_graph=True)
+        assert grad[:, t + 1 :].abs().sum().item() == 0.0, f"output {t} depends on later inputs"
+        assert grad[:, t].abs().max().item() > 0.0
+
+
+@pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
+def test_forward_equals_dense_masked_reference(attention: tuple[str, ...]) -> None:
+    model = tiny(attention)
+    x = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (model(x) - reference_forward(model, x)).abs().max().item() < 1e-5
+
+
+def test_gpt2_init() -> None:
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(width=64, depth=2, heads=2, n_ctx=64))
+    block = model.blocks[0]
+    # 4096..16384 samples per matrix: the sample std is within ~1.5% of the true one.
+    assert abs(block.attn.qkv.weight.std().item() / 0.02 - 1) < 0.05
+    assert abs(block.mlp.fc.weight.std().item() / 0.02 - 1) < 0.05
+    residual = 0.02 / math.sqrt(2 * 2)
+    assert abs(block.attn.proj.weight.std().item() / residual - 1) < 0.05
+    assert abs(block.mlp.proj.weight.std().item() / residual - 1) < 0.05
+    assert block.attn.qkv.bias.abs().max().item() == 0.0
+
+
+def test_no_bias_and_dropout() -> None:
+    torch.manual_seed(0)
+    config = TransformerConfig(width=16, depth=2, heads=2, n_ctx=16, attention=("row", "dense"), block_size=4,
+                               dropout=0.5, bias=False)  # fmt: skip
+    model = Transformer(config)
+    assert all(name.endswith("weight") for name, _ in model.named_parameters())
+    x = torch.randn(2, 16, 16)
+    assert not torch.equal(model(x), model(x))  # dropout is active in training
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    assert (run_steps(model, x, [4] + [1] * 12) - model(x)).abs().max().item() < 1e-5
+
+
+def test_autocast_bf16() -> None:
+    model = tiny(("row", "column", "prev_block"), depth=3)
+    x = torch.randn(2, 12, 16, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            forward = model(x)
+            steps = []
+            for dtype in (torch.float32, torch.bfloat16):
+                cache = model.new_cache(2, dtype=dtype)
+                steps.append(torch.cat([model.step(x[:, i : i + 1], cache, i) for i in range(12)], dim=1))
+    # bf16 keeps 8 bits of mantissa; outputs are LayerNorm-ed (~unit scale).
+    for got in [forward, *steps]:
+        assert got.shape == exact.shape
+        assert (got.float() - exact).abs().max().item() < 0.15
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"n_ctx": 100, "block_size": 32, "attention": ("row",)}, ["n_ctx=100", "block_size=32"]),
+        ({"attention": ("dense", "diagonal")}, ["diagonal"]),
+        ({"attention": ()}, ["empty"]),
+        ({"width": 30, "heads": 4}, ["width=30", "heads=4"]),
+        ({"block_size": 0, "attention": ("column",)}, ["block_size"]),
+    ],
+)
+def test_bad_config_is_one_clear_line(kwargs: dict, words: list[str]) -> None:
+    with pytest.raises(TransformerError) as error:
+        TransformerConfig(**kwargs)
+    message = str(error.value)
+    assert "\n" not in message
+    assert all(word in message for word in words), message
+    assert isinstance(error.value, ValueError)
+
+
+def test_dense_needs_no_block_multiple_and_lists_are_accepted() -> None:
+    assert TransformerConfig(n_ctx=100, block_size=32).n_ctx == 100
+    assert TransformerConfig(attention=["row", "column"]).attention == ("row", "column")  # as read from YAML
+
+
+def test_bad_inputs() -> None:
+    model = tiny(("dense",), depth=1, n_ctx=8)
+    with pytest.raises(TransformerError, match="exceeds n_ctx=8"):
+        model(torch.randn(1, 9, 16))
+    with pytest.raises(TransformerError, match="expected input"):
+        model(torch.randn(1, 4, 15))
+    with torch.inference_mode():
+        cache = model.new_cache(2)
+        with pytest.raises(TransformerError, match="outside the context of 8"):
+            model.step(torch.randn(2, 2, 16), cache, 7)
+        with pytest.raises(TransformerError, match=r"expected input \[2 x t x 16\], got \[1, 1, 16\]"):
+            model.step(torch.randn(1, 1, 16), cache, 0)
+
+
+@pytest.mark.parametrize("kind", ["row", "column", "prev_block"])
+def test_factorised_forward_works_on_short_sequences(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O(n sqrt n): every attention call of the training forward sees at most 2 x block_size keys
+    (row, prev_block) or n / block_size keys (column), never the whole sequence."""
+    seen: list[tuple[int, int]] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+        seen.append((q.shape[-2], k.shape[-2]))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    n_ctx, block = 256, 16
+    model = Transformer(TransformerConfig(width=8, depth=1, heads=1, n_ctx=n_ctx, attention=(kind,), block_size=block))
+    model(torch.randn(1, n_ctx, 8))
+    limit = {"row": block, "column": n_ctx // block, "prev_block": 2 * block}[kind]
+    assert seen and all(keys <= limit for _, keys in seen), seen
