@@ -298,7 +298,11 @@ def block_step(
     B, H = keys.shape[0], keys.shape[1]
     t = x.shape[0] // B
     h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
-    q, k, v = affine(h, w.qkv_t, w.qkv_bias).view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
+    qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3D)
+    if t == 1:  # sampling: a view, no permute
+        q, k, v = qkv.view(B, 3, H, 1, D // H).unbind(1)  # 3 x (B, H, 1, hd)
+    else:
+        q, k, v = qkv.view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
     keys.narrow(2, pos, t).copy_(k)
     values.narrow(2, pos, t).copy_(v)
     y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)

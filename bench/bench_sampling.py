@@ -1,0 +1,181 @@
+"""Sampling speed of the prior's transformer on CPU: KV-cache steps versus a no-cache baseline.
+
+The reference prior of the priors issue: width 128, depth 4, 2 heads, context 1024, 2048 codes.
+A throwaway token + position embedding and a linear head (no LayerNorm) around
+`housebox.models.transformer.Transformer` make each step token-in, logits-out; the next token is
+drawn by inverse-CDF sampling (softmax -> cumsum -> searchsorted, one uniform per row).
+
+Every round measures every variant once, interleaved, so that the machine's drift hits them alike;
+the figures are medians over rounds. Tokens/s counts every sampled token (batch x steps).
+Jukebox's own code samples this prior at ~780 tokens/s at batch 1 on the 2-core CPU machine.
+
+    PYTHONPATH=src .venv/bin/python bench/bench_sampling.py [--rounds 5] [--threads 1 2] [--batches 1 8]
+
+torch.compile was tried on this step (default; cpp_wrapper; cpp_wrapper + freezing with guard
+evaluation skipped; a static-shape step with a 0-dim position; hand-written attention for inductor
+to fuse) and was never faster than this eager path here, so there is no compiled variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from housebox.models.transformer import Transformer, TransformerConfig
+
+JUKEBOX_TOKENS_PER_SECOND = 780.0
+
+
+@dataclass(frozen=True)
+class ToyPrior:
+    """The transformer plus throwaway embeddings and head; vocab codes, n_ctx positions."""
+
+    transformer: Transformer
+    token_embedding: Tensor  # (vocab, D)
+    position_embedding: Tensor  # (n_ctx, D)
+    head: Tensor  # (vocab, D)
+
+
+def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0) -> ToyPrior:
+    """The reference prior with random weights (GPT-2 init for the transformer)."""
+    torch.manual_seed(seed)
+    config = TransformerConfig(width=128, depth=4, heads=2, n_ctx=1024, attention=attention, block_size=32)
+    transformer = Transformer(config).eval()
+    D = config.width
+    return ToyPrior(
+        transformer=transformer,
+        token_embedding=torch.randn(vocab, D) * 0.02,
+        position_embedding=torch.randn(config.n_ctx, D) * 0.01,
+        head=torch.randn(vocab, D) * 0.02,
+    )
+
+
+def inverse_cdf_sample(logits: Tensor, uniform: Tensor) -> Tensor:
+    """One draw per row: logits Tensor[B x V], uniform Tensor[B x 1] in [0, 1) -> LongTensor[B x 1]."""
+    cdf = torch.softmax(logits, dim=-1).cumsum_(dim=-1)  # (B, V)
+    return torch.searchsorted(cdf, uniform).clamp_(max=logits.shape[-1] - 1)
+
+
+def sample_cached(prior: ToyPrior, *, batch: int, tokens: int, seed: int = 0) -> Tensor:
+    """Ancestral sampling with the KV cache: LongTensor[B x tokens]."""
+    step = prior.transformer.step
+    with torch.inference_mode():
+        cache = prior.transformer.new_cache(batch)
+        uniforms = torch.rand(tokens, batch, 1, generator=torch.Generator().manual_seed(seed))  # all at once
+        out = torch.zeros(batch, tokens, dtype=torch.long)
+        token = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
+        for pos in range(tokens):
+            x = F.embedding(token, prior.token_embedding) + prior.position_embedding[pos]  # (B, 1, D)
+            h = step(x, cache, pos)  # (B, 1, D)
+            token = inverse_cdf_sample(F.linear(h[:, 0], prior.head), uniforms[pos])  # (B, 1)
+            out[:, pos : pos + 1] = token
+    return out
+
+
+def sample_uncached(prior: ToyPrior, *, batch: int, tokens: int, seed: int = 0) -> Tensor:
+    """The baseline: a full forward over the growing prefix for every token. LongTensor[B x tokens]."""
+    with torch.inference_mode():
+        uniforms = torch.rand(tokens, batch, 1, generator=torch.Generator().manual_seed(seed))  # (tokens, B, 1)
+        out = torch.zeros(batch, tokens + 1, dtype=torch.long)  # column 0 is the start token
+        for pos in range(tokens):
+            x = F.embedding(out[:, : pos + 1], prior.token_embedding) + prior.position_embedding[: pos + 1]  # (B, T, D)
+            h = prior.transformer(x)  # (B, T, D)
+            out[:, pos + 1 : pos + 2] = inverse_cdf_sample(F.linear(h[:, -1], prior.head), uniforms[pos])
+    return out[:, 1:]
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Tokens per second of one run, by the wall clock and by this process's CPU time.
+
+    On a shared machine the CPU-time figure is what the code would do alone on its cores; with
+    several threads it counts all of them (spinning included).
+    """
+
+    wall: float
+    cpu: float
+
+
+def measure(run: Callable[[], Tensor], *, batch: int, tokens: int) -> Rate:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return Rate(wall=batch * tokens / (time.perf_counter() - wall), cpu=batch * tokens / (time.process_time() - cpu))
+
+
+def usable_threads(requested: list[int], *, busy_ok: bool) -> list[int]:
+    """The thread counts worth timing now: 1, and those that fit in the idle cores.
+
+    On a busy machine OpenMP threads wait on descheduled peers at every barrier: two threads
+    with one idle core ran ~10x slower than one, which measures the neighbours, not this code.
+    """
+    idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+    kept = [count for count in requested if busy_ok or count == 1 or count <= idle + 0.5]
+    if kept != requested:
+        print(f"skipping {sorted(set(requested) - set(kept))} threads: load average {os.getloadavg()[0]:.1f} on"
+              f" {os.cpu_count()} cores leaves {max(idle, 0.0):.1f} idle (pass --busy-ok to time them anyway)")
+    return kept or [1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    parser.add_argument("--tokens", type=int, default=1024, help="tokens sampled per sequence with the cache")
+    parser.add_argument("--baseline-tokens", type=int, default=256, help="tokens sampled per sequence without it")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--busy-ok", action="store_true", help="time thread counts above the idle cores too")
+    args = parser.parse_args()
+    threads = usable_threads(args.threads, busy_ok=args.busy_ok)
+
+    priors = {
+        "dense": make_prior(attention=("dense",)),
+        "row/column/prev_block": make_prior(attention=("row", "column", "prev_block")),
+    }
+    variants: dict[str, tuple[Callable[[int], Tensor], int]] = {}
+    for name, prior in priors.items():
+        variants[f"cache {name}"] = (lambda b, p=prior: sample_cached(p, batch=b, tokens=args.tokens), args.tokens)
+    dense = priors["dense"]
+    variants["no cache dense"] = (
+        lambda b: sample_uncached(dense, batch=b, tokens=args.baseline_tokens), args.baseline_tokens
+    )
+
+    for name, prior in priors.items():  # the cache changes the speed, not the samples
+        same = torch.equal(sample_cached(prior, batch=2, tokens=96), sample_uncached(prior, batch=2, tokens=96))
+        print(f"{name}: cached and uncached sampling draw the same 2 x 96 tokens: {same}")
+    load_before = os.getloadavg()
+    print(f"torch {torch.__version__}, {args.rounds} rounds, medians of tokens/s (batch x steps / s)")
+    for count in threads:  # warm-up
+        torch.set_num_threads(count)
+        for run, _ in variants.values():
+            for batch in args.batches:
+                run(batch)
+    results: dict[tuple[str, int, int], list[Rate]] = {}
+    for _ in range(args.rounds):
+        for count in threads:
+            torch.set_num_threads(count)
+            for name, (run, tokens) in variants.items():
+                for batch in args.batches:
+                    rate = measure(lambda: run(batch), batch=batch, tokens=tokens)
+                    results.setdefault((name, count, batch), []).append(rate)
+
+    print(f"load average before/after: {load_before} / {os.getloadavg()} on {os.cpu_count()} cores")
+    print(f"{'variant':28s} {'threads':>7s} {'batch':>5s} {'tokens/s':>9s} {'vs Jukebox':>10s} {'vs no cache':>11s}"
+          f" {'CPU-time tokens/s':>17s}")  # fmt: skip
+    for (name, count, batch), rates in results.items():
+        wall = statistics.median(rate.wall for rate in rates)
+        cpu = statistics.median(rate.cpu for rate in rates)
+        baseline = statistics.median(rate.wall for rate in results[("no cache dense", count, batch)])
+        vs_jukebox = f"{wall / JUKEBOX_TOKENS_PER_SECOND:9.1f}x" if batch == 1 else f"{'-':>10s}"
+        print(f"{name:28s} {count:7d} {batch:5d} {wall:9.0f} {vs_jukebox} {wall / baseline:10.1f}x {cpu:17.0f}")
+
+
+if __name__ == "__main__":
+    main()
