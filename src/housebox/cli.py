@@ -92,6 +92,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     audio_seconds = generation.audio.shape[1] / generation.sample_rate
     print(f"wrote {len(wavs)} x {audio_seconds:.1f} s to {out} (open {out / 'index.html'}); "
           f"{generation.wall_seconds:.1f} s wall, decoded from level {generation.lowest_level}")
+    if args.check:
+        from housebox.evaluate.originality import check_samples, format_table, training_data
+
+        print(format_table(check_samples(out, training_data(args.run))))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from housebox.evaluate.originality import OriginalityConfig, check_samples, format_table
+
+    thresholds = {"suspicious_audio_seconds": args.suspicious_audio, "copied_audio_seconds": args.copied_audio,
+                  "suspicious_code_seconds": args.suspicious_codes, "copied_code_seconds": args.copied_codes}
+    config = OriginalityConfig(**{k: v for k, v in thresholds.items() if v is not None})
+    print(format_table(check_samples(args.samples, args.against, config, progress=True)))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from housebox.web.server import ServerSettings, serve
+
+    serve(args.run, ServerSettings(host=args.host, port=args.port, samples_dir=args.samples,
+                                   max_seconds=args.max_seconds, check=not args.no_check), device=_device(args.device))
     return 0
 
 
@@ -212,7 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--check", action="store_true",
+                   help="check the samples' originality against the run's training data (see `housebox check`)")
     p.set_defaults(func=_cmd_sample)
+
+    p = verbs.add_parser("check", help="originality: fingerprints and verbatim codes against the training set",
+                         description="Match every audio file under SAMPLES against a prepared dataset: landmark "
+                                     "fingerprints (index kept in DATA/fingerprints) and, for `housebox sample` "
+                                     "folders, runs of codes copied verbatim from DATA/codes. Writes each verdict "
+                                     "into the folder's report.json and prints a table.")
+    p.add_argument("samples", help="an audio file, a sample folder, or a folder of sample folders")
+    p.add_argument("--against", required=True, metavar="DATA", help="the prepared dataset the model was trained on")
+    p.add_argument("--suspicious-audio", type=float, metavar="S",
+                   help="seconds of audio matching one training track that make a sample suspicious (default 5)")
+    p.add_argument("--copied-audio", type=float, metavar="S", help="the same, for copied (default 7)")
+    p.add_argument("--suspicious-codes", type=float, metavar="S",
+                   help="seconds of codes copied verbatim, beyond what unrelated training tracks share, that make a "
+                        "sample suspicious (default 1)")
+    p.add_argument("--copied-codes", type=float, metavar="S", help="the same, for copied (default 3)")
+    p.set_defaults(func=_cmd_check)
+
+    p = verbs.add_parser("serve", help="a local web page to generate, listen, see and check",
+                         description="Serve a page on which to pick artist, genre, length and temperature, upload a "
+                                     "prime clip, generate (one job at a time, queued), listen, see the spectrogram "
+                                     "and the originality verdict, and browse earlier samples.")
+    p.add_argument("run", help="run folder holding the VQ-VAE and prior model directories")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--samples", help="folder for generated samples (default RUN/samples)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="longest track a request may ask for (default 120)")
+    p.add_argument("--no-check", action="store_true", help="do not check originality after each generation")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.set_defaults(func=_cmd_serve)
 
     p = verbs.add_parser("encode", help="write the code cache the priors train on",
                          description="Encode every prepared track into codes/l<level>/<id>.npy (resumable).")

@@ -8,7 +8,6 @@ which finer levels are made, so a parallel upsampler can replace the autoregress
 from __future__ import annotations
 
 import html
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,15 +249,18 @@ def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleS
 def write_index(out: Path, report: dict) -> Path:
     """A page to listen to the samples and see their spectrograms."""
     s = report["settings"]
+    checked = report.get("originality", {}).get("samples", {})
     rows = "\n".join(
-        f'<li><p>{html.escape(name)}</p><audio controls preload="none" src="{html.escape(name)}"></audio></li>'
+        f'<li><p>{html.escape(name)} {_verdict_html(checked.get(name))}</p>'
+        f'<audio controls preload="none" src="{html.escape(name)}"></audio></li>'
         for name in report["samples"]
     )
-    verdicts = report.get("originality")
-    verdict = f"<p>Originality: {html.escape(json.dumps(verdicts))}</p>" if verdicts else ""
+    verdict = _originality_table(report["originality"]) if checked else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>housebox samples</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} li{{margin:1em 0}} img{{max-width:100%}}</style>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} li{{margin:1em 0}} img{{max-width:100%}}
+.verdict{{padding:.1em .5em;border-radius:.6em;color:#fff;font-size:.9em}} .original{{background:#2a7d3b}}
+.suspicious{{background:#b8860b}} .copied{{background:#b22222}} td,th{{padding:.2em .6em;text-align:left}}</style>
 </head><body>
 <h1>housebox samples</h1>
 <p>artist <b>{html.escape(str(s['artist']))}</b>, genres <b>{html.escape(', '.join(s['genres']) or 'unknown')}</b>,
@@ -273,3 +275,27 @@ def write_index(out: Path, report: dict) -> Path:
     path = out / "index.html"
     path.write_text(page)
     return path
+
+
+def _verdict_html(result: dict | None) -> str:
+    """A coloured originality badge for one sample (empty when it was not checked)."""
+    if not result:
+        return ""
+    verdict = html.escape(result["verdict"])
+    return f'<span class="verdict {verdict}" title="originality check">{verdict}</span>'
+
+
+def _originality_table(originality: dict) -> str:
+    """Per sample: verdict, seconds matching the training set, longest verbatim code run, best match."""
+    rows = []
+    for name, r in originality["samples"].items():
+        best = ""
+        if r["matches"]:
+            m = r["matches"][0]
+            best = f"{m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s here"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_verdict_html(r)}</td><td>{r['matched_seconds']:.1f} s</td>"
+                    f"<td>{r['longest_match_seconds']:.1f} s</td><td>{r['longest_code_seconds']:.2f} s</td>"
+                    f"<td>{html.escape(best)}</td></tr>")
+    return (f"<h2>Originality</h2><p>checked against {html.escape(str(originality.get('against', '')))}</p>"
+            "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th>"
+            "<th>verbatim codes</th><th>best match</th></tr>" + "".join(rows) + "</table>")

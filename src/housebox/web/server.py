@@ -1,0 +1,459 @@
+"""`housebox serve`: a local web page to generate tracks, listen to them, see them and check them.
+
+Standard library only (`http.server`). One worker thread generates, one job at a time; requests
+wait in a queue and the page polls a status endpoint (long polling: a request returns as soon as the
+job moves on, or after a few seconds). The server binds 127.0.0.1 unless told otherwise and serves
+only its static page and the files inside the samples folder: paths that resolve anywhere else
+(`..`, encoded or not, absolute paths, symlinks leading out, hidden files) get 404.
+
+    GET  /                         the page (static/index.html, app.js, style.css)
+    GET  /api/info                 the run's artists, genres and limits
+    GET  /api/samples[/NAME]       earlier sample folders, newest first (or one), with verdicts
+    POST /api/upload?name=F.wav    a prime clip as the raw request body -> {"upload": ID}
+    POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime} -> {"job": ID}
+    GET  /api/jobs/ID?wait=S       a job's state: queued (position), running, checking, done, failed
+    GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html)
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import queue
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+STATIC = Path(__file__).parent / "static"
+UPLOADS = ".uploads"  # inside the samples folder; hidden, so never served
+MAX_JSON_BYTES = 64 * 1024
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{1,5}$")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+class RequestError(ValueError):
+    """A request the server refuses: HTTP `status` with a one-line message."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    samples_dir: str | None = None  # default RUN/samples
+    max_seconds: float = 120.0  # longest track a request may ask for
+    max_tracks: int = 4  # tracks per request
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_queue: int = 8  # jobs waiting; more get 503
+    check: bool = True  # originality check after each generation
+    long_poll_seconds: float = 10.0
+
+
+# ---- jobs ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    id: str
+    settings: object  # housebox.generate.pipeline.SampleSettings
+    created: float = field(default_factory=time.time)
+    state: str = "queued"  # queued | running | checking | done | failed
+    started: float | None = None
+    finished: float | None = None
+    folder: str | None = None
+    error: str | None = None
+    version: int = 0  # bumped on every change, for long polling
+
+
+class JobQueue:
+    """Generation jobs run one at a time by a single worker thread; `status` can wait for a change."""
+
+    def __init__(self, work, max_queue: int):
+        self._work = work  # Job -> None; sets job.folder, may raise
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: dict[str, Job] = {}
+        self._order: list[str] = []
+        self._changed = threading.Condition()
+        self._max_queue = max_queue
+        self._thread = threading.Thread(target=self._loop, name="housebox-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, settings) -> Job:
+        with self._changed:
+            waiting = sum(self._jobs[j].state == "queued" for j in self._order)
+            if waiting >= self._max_queue:
+                raise RequestError(f"busy: {waiting} requests are already waiting; try again later",
+                                   HTTPStatus.SERVICE_UNAVAILABLE)
+            job = Job(id=secrets.token_hex(8), settings=settings)
+            self._jobs[job.id] = job
+            self._order.append(job.id)
+        self._queue.put(job)
+        return job
+
+    def status(self, job_id: str, wait: float = 0.0, seen_version: int = -1) -> dict | None:
+        """The job as JSON, after waiting up to `wait` s for a version newer than `seen_version`."""
+        deadline = time.time() + max(0.0, wait)
+        with self._changed:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            while job.version <= seen_version and job.state not in ("done", "failed") and time.time() < deadline:
+                self._changed.wait(timeout=deadline - time.time())
+            return self._describe(job)
+
+    def _describe(self, job: Job) -> dict:
+        queued = [j for j in self._order if self._jobs[j].state == "queued"]
+        now = time.time()
+        return {"job": job.id, "state": job.state, "version": job.version, "folder": job.folder, "error": job.error,
+                "position": queued.index(job.id) + 1 if job.id in queued else 0,
+                "elapsed": round((job.finished or now) - (job.started or now), 1),
+                "seconds": job.settings.seconds, "n": job.settings.n}
+
+    def _update(self, job: Job, **changes) -> None:
+        with self._changed:
+            for key, value in changes.items():
+                setattr(job, key, value)
+            job.version += 1
+            self._changed.notify_all()
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            self._update(job, state="running", started=time.time())
+            try:
+                self._work(job, lambda state: self._update(job, state=state))
+                self._update(job, state="done", finished=time.time())
+            except Exception as err:  # a failed job must not stop the worker
+                message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                self._update(job, state="failed", finished=time.time(), error=message)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+# ---- the application: run, samples folder, checker -------------------------------------------------
+
+
+class App:
+    """What the handlers need: the loaded run, its samples folder, the job queue and the checker."""
+
+    def __init__(self, run_dir: str | Path, settings: ServerSettings = ServerSettings(), device: str = "cpu"):
+        from housebox.generate.pipeline import load_run
+
+        self.settings = settings
+        self.run = load_run(run_dir, device)
+        self.samples_dir = Path(settings.samples_dir or Path(run_dir) / "samples").resolve()
+        (self.samples_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
+        self._checker = None
+        self._checker_problem: str | None = None
+        self.jobs = JobQueue(self._generate, settings.max_queue)
+
+    # -- work done by the worker thread --
+
+    def _generate(self, job: Job, set_state) -> None:
+        from housebox.generate.pipeline import generate, write_outputs
+
+        generation = generate(self.run, job.settings, progress=False)
+        folder = time.strftime("%Y%m%d-%H%M%S-") + job.id
+        write_outputs(self.samples_dir / folder, generation, job.settings, self.run)
+        job.folder = folder
+        if self.settings.check:
+            set_state("checking")
+            checker = self._originality_checker()
+            if checker is not None:
+                checker.check_folder(self.samples_dir / folder)
+
+    def _originality_checker(self):
+        """Built on first use (the fingerprint index may take a while); None when there is no dataset."""
+        if self._checker is None and self._checker_problem is None:
+            from housebox.evaluate.originality import OriginalityChecker, training_data
+
+            try:
+                self._checker = OriginalityChecker(training_data(self.run.root))
+            except ValueError as err:
+                self._checker_problem = str(err)
+        return self._checker
+
+    # -- requests --
+
+    def info(self) -> dict:
+        return {"run": self.run.root.name, "artists": list(self.run.artists), "genres": list(self.run.genres),
+                "max_seconds": self.settings.max_seconds, "max_tracks": self.settings.max_tracks,
+                "max_upload_mb": round(self.settings.max_upload_bytes / 2**20, 1),
+                "sample_rate": self.run.vqvae.config.sample_rate, "check": self.settings.check}
+
+    def parse_generate(self, body: dict):
+        """A JSON request -> SampleSettings, or RequestError naming the bad field."""
+        from housebox.generate.pipeline import SampleSettings
+
+        artist = body.get("artist") or "unknown"
+        if artist not in self.run.artists:
+            raise RequestError(f"unknown artist {artist!r}; known: {', '.join(self.run.artists)}")
+        genres = body.get("genre") or []
+        genres = [genres] if isinstance(genres, str) else list(genres)
+        for genre in genres:
+            if not isinstance(genre, str) or genre.lower() not in self.run.genres:
+                raise RequestError(f"unknown genre {genre!r}; known: {', '.join(self.run.genres)}")
+        seconds = _number(body, "seconds", 10.0)
+        if not 0 < seconds <= self.settings.max_seconds:
+            raise RequestError(f"seconds must be above 0 and at most {self.settings.max_seconds:g}, got {seconds:g}")
+        temperature = _number(body, "temperature", 1.0)
+        if not 0 < temperature <= 3:
+            raise RequestError(f"temperature must be above 0 and at most 3, got {temperature:g}")
+        n = int(_number(body, "n", 1))
+        if not 1 <= n <= self.settings.max_tracks:
+            raise RequestError(f"n must be 1..{self.settings.max_tracks}, got {n}")
+        seed = body.get("seed")
+        seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number(body, "seed", 0))
+        prime = body.get("prime") or None
+        if prime is not None and (not isinstance(prime, str) or not UPLOAD_NAME.match(prime)
+                                  or not (self.samples_dir / UPLOADS / prime).is_file()):
+            raise RequestError("prime: no such upload (upload the clip first)")
+        return SampleSettings(artist=artist, genres=tuple(g.lower() for g in genres), seconds=seconds, n=n,
+                              temperature=temperature, seed=seed,
+                              prime=str(self.samples_dir / UPLOADS / prime) if prime else None)
+
+    def save_upload(self, name: str, data: bytes) -> dict:
+        """Keep a prime clip if it decodes as audio long enough to prime with."""
+        from housebox.audio.io import AUDIO_EXTENSIONS, AudioError, load_audio
+
+        suffix = Path(name).suffix.lower()
+        if suffix not in AUDIO_EXTENSIONS:
+            raise RequestError(f"upload: {name!r} is not an audio file name ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        if not data:
+            raise RequestError("upload: empty file")
+        path = self.samples_dir / UPLOADS / f"{secrets.token_hex(16)}{suffix}"
+        path.write_bytes(data)
+        try:
+            audio = load_audio(path)
+        except AudioError as err:
+            path.unlink(missing_ok=True)
+            raise RequestError(f"upload: {name} is not usable audio ({err.problem})") from None
+        top_hop = max(self.run.vqvae.config.hops)
+        if audio.seconds * self.run.vqvae.config.sample_rate < top_hop:
+            path.unlink(missing_ok=True)
+            raise RequestError(f"upload: {name} is too short to prime with ({audio.seconds:.3f} s)")
+        return {"upload": path.name, "seconds": round(audio.seconds, 2)}
+
+    def samples(self, limit: int = 50) -> list[dict]:
+        folders = [p for p in self.samples_dir.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and (p / "report.json").is_file()]
+        folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        return [self.sample(p.name) for p in folders[:limit]]
+
+    def sample(self, name: str) -> dict:
+        folder = self.samples_dir / name
+        if not FOLDER_NAME.match(name) or not (folder / "report.json").is_file():
+            raise RequestError(f"no sample {name!r}", HTTPStatus.NOT_FOUND)
+        report = json.loads((folder / "report.json").read_text())
+        settings = report.get("settings", {})
+        checked = report.get("originality", {}).get("samples", {})
+        problem = self._checker_problem if self.settings.check else "originality check is off"
+        tracks = []
+        for wav in report.get("samples", []):
+            result = checked.get(wav)
+            tracks.append({"file": wav, "url": f"/samples/{name}/{wav}", "originality": _summary(result, problem)})
+        return {"name": name, "created": round((folder / "report.json").stat().st_mtime, 1),
+                "artist": settings.get("artist"), "genres": settings.get("genres", []),
+                "seconds": report.get("seconds"), "temperature": settings.get("temperature"),
+                "seed": report.get("seed"), "prime": bool(settings.get("prime")), "tracks": tracks,
+                "spectrogram": f"/samples/{name}/spectrogram.png" if (folder / "spectrogram.png").is_file() else None,
+                "page": f"/samples/{name}/index.html"}
+
+    def resolve_sample_file(self, relative: str) -> Path | None:
+        """The file `relative` names inside the samples folder, or None (outside, hidden, missing)."""
+        if "\x00" in relative or not relative or relative.startswith(("/", "\\")):
+            return None
+        path = (self.samples_dir / relative).resolve()
+        inside = path.is_relative_to(self.samples_dir) and path != self.samples_dir
+        if not inside or any(part.startswith(".") for part in path.relative_to(self.samples_dir).parts):
+            return None
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        self.jobs.close()
+
+
+def _number(body: dict, key: str, default: float) -> float:
+    value = body.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{key} must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise RequestError(f"{key} must be a finite number")
+    return number
+
+
+def _summary(result: dict | None, problem: str | None) -> dict:
+    """One track's verdict for the page."""
+    if result is None:
+        return {"verdict": "not checked", "detail": problem or "not checked yet"}
+    best = ""
+    if result.get("matches"):
+        m = result["matches"][0]
+        best = f"best match: {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s"
+    detail = (f"{result['longest_match_seconds']:.1f} s longest passage matching a training track, "
+              f"{result['matched_seconds']:.1f} s in all; verbatim codes {result['longest_code_seconds']:.2f} s")
+    return {"verdict": result["verdict"], "detail": detail + (f"; {best}" if best else "")}
+
+
+# ---- HTTP --------------------------------------------------------------------------------------------
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "housebox"
+    app: App  # set on the subclass made by make_server
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass  # quiet: the console shows what serve() prints
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        try:
+            self._route(method, url.path, parse_qs(url.query))
+        except RequestError as err:
+            self._json({"error": str(err)}, err.status)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as err:  # a bug must not leave the page without an answer
+            self._json({"error": f"internal error: {type(err).__name__}: {str(err)[:200]}"},
+                       HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _route(self, method: str, path: str, query: dict) -> None:
+        app = self.app
+        if method == "GET" and path in ("/", "/index.html"):
+            return self._file(STATIC / "index.html")
+        if method == "GET" and path.startswith("/static/"):
+            name = path[len("/static/"):]
+            if name in {p.name for p in STATIC.iterdir()}:
+                return self._file(STATIC / name)
+        elif method == "GET" and path == "/api/info":
+            return self._json(app.info())
+        elif method == "GET" and path == "/api/samples":
+            return self._json({"samples": app.samples()})
+        elif method == "GET" and path.startswith("/api/samples/"):
+            return self._json(app.sample(unquote(path[len("/api/samples/"):])))
+        elif method == "GET" and path.startswith("/api/jobs/"):
+            wait = min(app.settings.long_poll_seconds, float(query.get("wait", ["0"])[0] or 0))
+            seen = int(query.get("version", ["-1"])[0] or -1)
+            status = app.jobs.status(path[len("/api/jobs/"):], wait=wait, seen_version=seen)
+            if status is None:
+                raise RequestError("no such job", HTTPStatus.NOT_FOUND)
+            return self._json(status)
+        elif method == "GET" and path.startswith("/samples/"):
+            found = app.resolve_sample_file(unquote(path[len("/samples/"):]))
+            if found is not None:
+                return self._file(found)
+        elif method == "POST" and path == "/api/upload":
+            name = query.get("name", ["clip.wav"])[0]
+            return self._json(app.save_upload(name, self._body(app.settings.max_upload_bytes, "upload")))
+        elif method == "POST" and path == "/api/generate":
+            try:
+                body = json.loads(self._body(MAX_JSON_BYTES, "request") or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError("the request body must be JSON") from None
+            if not isinstance(body, dict):
+                raise RequestError("the request body must be a JSON object")
+            job = app.jobs.submit(app.parse_generate(body))
+            return self._json(app.jobs.status(job.id), HTTPStatus.ACCEPTED)
+        raise RequestError("not found", HTTPStatus.NOT_FOUND)
+
+    def _body(self, limit: int, what: str) -> bytes:
+        """The request body, refused (400) beyond `limit` bytes without reading it."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise RequestError(f"{what}: Content-Length is required") from None
+        if length < 0 or length > limit:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise RequestError(f"{what} too big: {length / 2**20:.1f} MB, at most {limit / 2**20:.1f} MB")
+        return self.rfile.read(length)
+
+    def _json(self, data: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
+        payload = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _file(self, path: Path) -> None:
+        data = path.read_bytes()
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_server(app: App) -> ThreadingHTTPServer:
+    """Bind (port 0: a free one) without serving yet."""
+    handler = type("BoundHandler", (Handler,), {"app": app})
+    server = ThreadingHTTPServer((app.settings.host, app.settings.port), handler)
+    server.daemon_threads = True
+    return server
+
+
+@dataclass
+class RunningServer:
+    """A server serving in a background thread (for tests and notebooks)."""
+
+    app: App
+    server: ThreadingHTTPServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.app.close()
+
+
+def start_server(run_dir: str | Path, settings: ServerSettings = ServerSettings(),
+                 device: str = "cpu") -> RunningServer:
+    """Serve in a daemon thread; `.url` says where, `.stop()` ends it."""
+    app = App(run_dir, settings, device)
+    server = make_server(app)
+    thread = threading.Thread(target=server.serve_forever, name="housebox-http", daemon=True)
+    thread.start()
+    return RunningServer(app=app, server=server, thread=thread)
+
+
+def serve(run_dir: str | Path, settings: ServerSettings = ServerSettings(), device: str = "cpu") -> None:
+    """Serve until Ctrl-C."""
+    app = App(run_dir, settings, device)
+    server = make_server(app)
+    host, port = server.server_address[:2]
+    print(f"housebox: serving {app.run.root} on http://{host}:{port}/  (samples in {app.samples_dir}; Ctrl-C stops)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"housebox: warning: bound to {host}, so other machines can reach this page")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        app.close()

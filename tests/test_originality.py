@@ -1,0 +1,199 @@
+"""Originality: landmark fingerprints find copied passages (also re-encoded), verbatim code runs are
+found with their track and length, unrelated tracks of one artist and fresh samples are not copies."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import TINY_VQVAE
+from housebox.audio.io import load_audio, resample, save_audio
+from housebox.cli import main
+from housebox.data.demo_corpus import ARTISTS, render_track
+from housebox.data.prepare import load_track, read_manifest
+from housebox.evaluate.originality import (
+    FingerprintConfig,
+    OriginalityChecker,
+    OriginalityConfig,
+    build_code_index,
+    check_samples,
+    fingerprint,
+    load_fingerprint_index,
+    longest_code_run,
+    match_audio,
+)
+
+SR = 16000
+CONFIG = OriginalityConfig()
+
+
+def write_dataset(root, tracks, codes=None, hop=128):
+    """A minimal prepared dataset: tracks = [(id, artist, float audio [T])], codes = {id: int [N]} at level 0."""
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for track_id, artist, audio in tracks:
+        np.save(root / "audio" / f"{track_id}.npy", np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
+        rows.append({"id": track_id, "sha256": track_id * 4, "artist": artist, "genres": [], "samples": len(audio),
+                     "seconds": len(audio) / SR, "sample_rate": SR, "split": "train"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if codes:
+        (root / "codes" / "l0").mkdir(parents=True)
+        for track_id, c in codes.items():
+            np.save(root / "codes" / "l0" / f"{track_id}.npy", c.astype(np.int16))
+        meta = {"hops": [hop], "sample_rate": SR, "codebook_size": 64, "weights_sha256": "w" * 64}
+        (root / "codes" / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def splice(demo_data, track: int, t0: float, s0: float, seconds: float = 10.0) -> tuple[str, np.ndarray]:
+    """`seconds` of a training track pasted at s0 into 20 s of music that is not in the dataset."""
+    row = read_manifest(demo_data)[track]
+    source = np.asarray(load_track(demo_data, row["id"]), dtype=np.float32) / 32768.0
+    bed = 0.5 * render_track(ARTISTS[(track + 1) % 3], 20.0, SR, seed=987654).mean(axis=0)  # another artist
+    n, a, b = int(seconds * SR), int(t0 * SR), int(s0 * SR)
+    bed[b : b + n] = source[a : a + n]
+    return row["id"], bed
+
+
+def test_fingerprints_ignore_gain_and_stay_sparse():
+    audio = render_track(ARTISTS[0], 6.0, SR, seed=5).mean(axis=0)
+    loud, quiet = fingerprint(audio, SR)[0], fingerprint(audio * 10 ** (-12 / 20), SR)[0]
+    assert np.array_equal(loud.hashes, quiet.hashes) and np.array_equal(loud.times, quiet.times)
+    per_second = loud.hashes.size / 6.0
+    assert 40 < per_second < 400, per_second  # ~8 pairs for each of the few peaks a second
+    shifted = fingerprint(audio, SR, FingerprintConfig(), shifts=4)
+    assert len(shifted) == 4 and [round(f.shift_seconds * 11025) for f in shifted] == [0, 32, 64, 96]
+
+
+@pytest.mark.parametrize("encoding", ["wav", "mp3_22k_minus6db"])
+def test_spliced_training_passage_is_flagged_with_track_and_offset(demo_data, tmp_path, encoding):
+    t0, s0 = 6.2, 4.3
+    track_id, audio = splice(demo_data, track=1, t0=t0, s0=s0)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    if encoding == "wav":
+        save_audio(folder / "spliced.wav", audio, SR)
+    else:  # resampled 16 -> 22.05 kHz, 6 dB quieter, through an mp3 encoder
+        quieter = resample(audio[None], SR, 22050)[0] * 10 ** (-6 / 20)
+        sf.write(folder / "spliced.mp3", quieter, 22050, format="MP3")
+        assert load_audio(folder / "spliced.mp3").sample_rate == 22050
+    report = check_samples(folder, demo_data)
+    (result,) = report.samples
+    assert result.verdict == "copied", result
+    right = [m for m in result.matches if m.track_id == track_id
+             and abs((m.track_start - m.sample_start) - (t0 - s0)) <= 0.5 and abs(m.sample_start - s0) <= 0.5]
+    assert right, result.matches
+    assert right[0].seconds >= 8.5  # of the 10 s pasted (51 pastes measured: at least 9.2 s, 9.0 s as mp3)
+    others = [m.seconds for m in result.matches if m.track_id != track_id]
+    assert max(others, default=0.0) < CONFIG.suspicious_audio_seconds  # the bed is not in the dataset
+    written = json.loads((folder / "report.json").read_text())["originality"]
+    assert written["samples"][result.sample.split("/")[-1]]["verdict"] == "copied"
+
+
+def test_unrelated_tracks_of_one_artist_are_not_copies(tmp_path):
+    """The demo artists reuse their sounds and patterns: leave-one-out, no track may look copied."""
+    tracks = [(f"{a}{s}", style.name, render_track(style, 20.0, SR, seed=100 + s).mean(axis=0))
+              for a, style in enumerate(ARTISTS) for s in range(3)]
+    data = write_dataset(tmp_path / "data", tracks)
+    index = load_fingerprint_index(data)
+    longest = []
+    for i, (track_id, artist, audio) in enumerate(tracks):
+        keep = index.tracks != i
+        others = type(index)(hashes=index.hashes[keep], tracks=index.tracks[keep], times=index.times[keep],
+                             track_ids=index.track_ids, artists=index.artists, config=index.config)
+        matches = match_audio(others, audio, SR)
+        longest.append(max((m.seconds for m in matches), default=0.0))
+        assert all(m.artist == artist for m in matches if m.seconds > 1.0)  # what they share is the artist's
+    # measured on 60 demo tracks: at most 3.0 s; the suspicious threshold is 5 s
+    assert max(longest) < 0.7 * CONFIG.suspicious_audio_seconds, longest
+
+
+def test_verbatim_code_run_is_found_with_length_and_track(tmp_path):
+    rng = np.random.default_rng(0)
+    codes = {f"t{i}": rng.integers(0, 64, 3000) for i in range(3)}
+    noise = [(t, "A", rng.normal(0, 0.1, SR).astype(np.float32)) for t in codes]
+    data = write_dataset(tmp_path / "data", noise, codes)
+    index = build_code_index(data, level=0)
+    assert index.ngram == 6 and index.natural_tokens < index.ngram  # random tracks share nothing
+    sample = rng.integers(0, 64, 1500)
+    sample[200:700] = codes["t1"][900:1400]
+    sample[199], sample[700] = (codes["t1"][899] + 1) % 64, (codes["t1"][1400] + 1) % 64  # run ends exactly
+    run = longest_code_run(index, sample)
+    assert (run.track_id, run.tokens, run.sample_token, run.track_token) == ("t1", 500, 200, 900)
+    assert run.seconds == pytest.approx(500 / 125)
+
+    checker = OriginalityChecker(data)
+    copied = checker.check("x.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="w" * 64)
+    assert copied.verdict == "copied" and copied.longest_code_seconds == pytest.approx(4.0)
+    other_vqvae = checker.check("x.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="z" * 64)
+    assert other_vqvae.verdict == "original" and "another VQ-VAE" in other_vqvae.notes[0]
+
+
+def test_silence_like_code_runs_do_not_count(tmp_path):
+    """k-grams that fill the training codes (silence, held notes) identify no passage."""
+    rng = np.random.default_rng(1)
+    codes = {"t0": np.concatenate([np.full(2000, 7), rng.integers(0, 64, 1000)]), "t1": rng.integers(0, 64, 3000)}
+    data = write_dataset(tmp_path / "data", [(t, "A", np.zeros(SR, np.float32) + 0.01) for t in codes], codes)
+    index = build_code_index(data, level=0)
+    assert longest_code_run(index, np.full(800, 7)) is None
+    assert longest_code_run(index, np.concatenate([np.full(300, 7), codes["t0"][2000:2400]])).tokens >= 400
+
+
+def test_fingerprint_index_is_stored_and_follows_the_dataset(demo_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("codes", "fingerprints"))
+    first = load_fingerprint_index(data)
+    stored = data / "fingerprints" / "index.npz"
+    stamp = stored.stat().st_mtime_ns
+    again = load_fingerprint_index(data)
+    assert stored.stat().st_mtime_ns == stamp and np.array_equal(first.hashes, again.hashes)
+    rows = (data / "manifest.jsonl").read_text().splitlines()
+    (data / "manifest.jsonl").write_text("\n".join(rows[:2]) + "\n")  # the dataset lost a track
+    smaller = load_fingerprint_index(data)
+    assert len(smaller.track_ids) == 2 and smaller.hashes.size < first.hashes.size
+
+
+def test_check_cli_errors_are_one_line(demo_data, tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nothing"), "--against", str(demo_data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such file or folder" in err and "\n" not in err
+    (tmp_path / "empty").mkdir()
+    save_audio(tmp_path / "empty" / "a.wav", np.zeros(SR, np.float32), SR)
+    assert main(["check", str(tmp_path / "empty"), "--against", str(tmp_path)]) == 2
+    assert "no prepared tracks" in capsys.readouterr().err
+
+
+# ---- a tiny trained run ----------------------------------------------------------------------
+
+TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
+              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_data, tmp_path_factory):
+    """VQ-VAE and top-level prior only: samples are decoded from the top level."""
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
+                 *TINY_VQVAE, "--set", "vqvae_train.steps=6"]) == 0
+    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
+    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
+                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=10"]) == 0
+    return run
+
+
+def test_fresh_samples_are_original(run_dir, tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert main(["sample", str(run_dir), "--artist", "Dawn Atlas", "--seconds", "4", "-n", "2", "--seed", "4242",
+                 "--device", "cpu", "--check", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 original, 0 suspicious, 0 copied" in printed
+    report = json.loads((out / "report.json").read_text())
+    checked = report["originality"]["samples"]
+    assert sorted(checked) == ["sample_000.wav", "sample_001.wav"]
+    for result in checked.values():
+        assert result["verdict"] == "original"
+        assert result["longest_match_seconds"] < 1.0 and result["longest_code_seconds"] < CONFIG.suspicious_code_seconds
+        assert result["notes"] == []  # the codes were checked: same VQ-VAE as the dataset's code cache
+    assert 'class="verdict original"' in (out / "index.html").read_text()

@@ -1,0 +1,216 @@
+"""`housebox serve`: the API refuses bad input with 400 + JSON, serves nothing outside the samples
+folder, queues concurrent jobs, and the page generates a sample in headless Debian chromium."""
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import TINY_VQVAE
+from housebox.audio.io import save_audio
+from housebox.cli import main
+from housebox.data.prepare import load_track, read_manifest
+from housebox.web.server import JobQueue, RequestError, ServerSettings, start_server
+
+TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
+              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_data, tmp_path_factory):
+    """VQ-VAE and top-level prior only (samples are decoded from the top level): a few seconds."""
+    run = tmp_path_factory.mktemp("webrun")
+    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
+                 *TINY_VQVAE, "--set", "vqvae_train.steps=4"]) == 0
+    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
+    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
+                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=4"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    samples = tmp_path_factory.mktemp("served")
+    running = start_server(run_dir, ServerSettings(port=0, samples_dir=str(samples), max_seconds=4.0,
+                                                   max_upload_bytes=200_000))
+    assert running.server.server_address[0] == "127.0.0.1"
+    yield running
+    running.stop()
+
+
+def call(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, parsed JSON or raw bytes) for a request sent with its path exactly as given."""
+    host, port = server.server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, (json.loads(data) if kind == "application/json" else data)
+
+
+def generate(server, **fields):
+    status, job = call(server, "POST", "/api/generate", json.dumps(fields).encode(),
+                       {"Content-Type": "application/json"})
+    assert status == 202, job
+    return job
+
+
+def wait_done(server, job_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.time() + timeout
+    version = -1
+    while time.time() < deadline:
+        status, job = call(server, "GET", f"/api/jobs/{job_id}?wait=5&version={version}")
+        assert status == 200
+        if job["state"] in ("done", "failed"):
+            return job
+        version = job["version"]
+    raise AssertionError(f"job {job_id} not done after {timeout} s")
+
+
+def test_generate_through_the_api_with_a_prime(server, demo_data, tmp_path):
+    clip = load_track(demo_data, read_manifest(demo_data)[0]["id"])[:16000] / 32768.0
+    save_audio(tmp_path / "clip.wav", clip, 16000)
+    status, upload = call(server, "POST", "/api/upload?name=clip.wav", (tmp_path / "clip.wav").read_bytes())
+    assert status == 200 and upload["seconds"] == 1.0
+    job = wait_done(server, generate(server, artist="Dawn Atlas", genre=["deep house"], seconds=1.0, seed=3,
+                                     prime=upload["upload"])["job"])
+    assert job["state"] == "done", job
+    status, sample = call(server, "GET", f"/api/samples/{job['folder']}")
+    assert status == 200 and sample["prime"] and sample["seed"] == 3
+    assert sample["tracks"][0]["originality"]["verdict"] == "original"
+    status, wav = call(server, "GET", sample["tracks"][0]["url"])
+    assert status == 200 and wav[:4] == b"RIFF"
+
+
+@pytest.mark.parametrize("path", [
+    "/samples/../../../../etc/passwd",
+    "/samples/..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/samples/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/samples//etc/passwd",
+    "/samples/%2fetc%2fpasswd",
+    "/samples/outside-link",
+    "/samples/outside-dir/passwd",
+    "/samples/.uploads/secret.wav",
+    "/samples/a%00b",
+    "/static/../server.py",
+    "/static/..%2fserver.py",
+])
+def test_nothing_outside_the_samples_folder_is_served(server, path):
+    samples = server.app.samples_dir
+    for name, target in (("outside-link", "/etc/passwd"), ("outside-dir", "/etc")):
+        if not (samples / name).is_symlink():
+            os.symlink(target, samples / name)
+    (samples / ".uploads" / "secret.wav").write_bytes(b"RIFF")
+    status, body = call(server, "GET", path)
+    assert status == 404 and body == {"error": "not found"}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seconds": 60}, "at most 4"),
+    ({"seconds": -1}, "above 0"),
+    ({"seconds": "long"}, "seconds must be a number"),
+    ({"artist": "Nobody"}, "unknown artist 'Nobody'"),
+    ({"genre": ["polka"]}, "unknown genre 'polka'"),
+    ({"temperature": 0}, "temperature"),
+    ({"prime": "../../etc/passwd"}, "no such upload"),
+])
+def test_bad_generate_requests_get_400_with_a_message(server, fields, message):
+    request = {"artist": "Dawn Atlas", "seconds": 1, **fields}
+    status, body = call(server, "POST", "/api/generate", json.dumps(request).encode())
+    assert status == 400 and message in body["error"], body
+
+
+def test_bad_uploads_get_400_with_a_message(server):
+    status, body = call(server, "POST", "/api/upload?name=clip.wav", b"this is not audio at all")
+    assert status == 400 and "not usable audio" in body["error"]
+    status, body = call(server, "POST", "/api/upload?name=run.exe", b"MZ...")
+    assert status == 400 and "not an audio file name" in body["error"]
+    status, body = call(server, "POST", "/api/upload?name=big.wav", b"\0" * 300_000)
+    assert status == 400 and "too big" in body["error"]
+    status, body = call(server, "POST", "/api/generate", b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+
+
+def test_concurrent_requests_are_queued_and_all_finish(server):
+    jobs, errors = [], []
+
+    def submit(seed):
+        try:
+            jobs.append(generate(server, artist="South Lane", seconds=0.5, seed=seed))
+        except AssertionError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=submit, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(jobs) == 3
+    states = [call(server, "GET", f"/api/jobs/{j['job']}")[1] for j in jobs]
+    assert sum(s["state"] in ("running", "checking") for s in states) <= 1  # one worker
+    done = [wait_done(server, j["job"]) for j in jobs]
+    assert [d["state"] for d in done] == ["done"] * 3 and len({d["folder"] for d in done}) == 3
+
+
+def test_job_queue_runs_one_job_at_a_time_and_refuses_when_full():
+    release, log = threading.Event(), []
+
+    def work(job, set_state):
+        log.append(("start", job.id))
+        release.wait(5)
+        log.append(("end", job.id))
+
+    jobs = JobQueue(work, max_queue=2)
+    try:
+        first = jobs.submit(type("S", (), {"seconds": 1.0, "n": 1})())
+        while jobs.status(first.id)["state"] != "running":
+            time.sleep(0.01)
+        second, third = (jobs.submit(first.settings) for _ in range(2))
+        assert [jobs.status(j.id)["position"] for j in (second, third)] == [1, 2]
+        with pytest.raises(RequestError, match="busy") as refused:
+            jobs.submit(first.settings)
+        assert refused.value.status == 503
+        release.set()
+        assert jobs.status(third.id, wait=5, seen_version=2)["state"] in ("running", "done")
+        assert jobs.status(third.id, wait=5, seen_version=3)["state"] == "done"
+        starts_and_ends = [kind for kind, _ in log]
+        assert starts_and_ends == ["start", "end"] * 3  # never two at once
+    finally:
+        release.set()
+        jobs.close()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("headless browser test needs Debian's `chromium` package: apt-get install -y chromium")
+    return path
+
+
+def test_page_generates_a_sample_in_headless_chromium(server, tmp_path):
+    browser = chromium()
+    url = f"{server.url}/?artist=Kinetic%20Unit&genre=tech%20house&seconds=1&temperature=0.9&seed=11&auto=1"
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-1'}",
+                          "--virtual-time-budget=60000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=90).stdout
+    assert 'data-state="done"' in dom, dom[-2000:]
+    assert dom.count('class="sample-audio"') == 1 and "<audio" in dom
+    assert 'data-verdict="original"' in dom
+    folder = next(p.name for p in server.app.samples_dir.iterdir()
+                  if (p / "report.json").exists() and json.loads((p / "report.json").read_text())["seed"] == 11)
+    assert f"/samples/{folder}/sample_000.wav" in dom and f"/samples/{folder}/spectrogram.png" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-2'}",
+                    "--virtual-time-budget=10000", "--window-size=1100,1400", "--hide-scrollbars",
+                    f"--screenshot={shot}", f"{server.url}/?show={folder}"],
+                   capture_output=True, timeout=60)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
