@@ -52,20 +52,25 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def nearest_codes(vectors: Tensor, embeddings: Tensor, *, max_elements: int = 2**24) -> Tensor:
-    """Index of the nearest code (Euclidean) for every vector.
+def nearest_codes(vectors: Tensor, embeddings: Tensor, *, max_elements: int | None = None) -> Tensor:
+    """Index of the nearest code (Euclidean) for every vector; ties go to the lowest index.
 
     vectors: Tensor[M x D]; embeddings: Tensor[K x D] -> LongTensor[M].
-    The M x K distance matrix is built in chunks of at most `max_elements` entries.
+    The M x K distance matrix is built in chunks of at most `max_elements` entries; by default 2**19
+    on CPU (2 MiB of float32, so that a chunk stays in cache between the product and the minimum)
+    and 2**24 on accelerators (few, large kernels).
     """
-    squared_norms = embeddings.pow(2).sum(dim=1)  # (K,)
+    if max_elements is None:
+        max_elements = 2**19 if vectors.device.type == "cpu" else 2**24
+    # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, and ||z||^2 is the same for every code of a row, so
+    # rank by [z, 1] . [-2e, ||e||^2]: one matrix product, no separate pass to add the norms.
+    codebook = torch.cat([-2.0 * embeddings, embeddings.pow(2).sum(dim=1, keepdim=True)], dim=1)  # (K, D+1)
+    augmented = torch.cat([vectors, vectors.new_ones(vectors.shape[0], 1)], dim=1)  # (M, D+1)
     chunk = max(1, max_elements // embeddings.shape[0])
     codes = []
     for start in range(0, vectors.shape[0], chunk):
-        part = vectors[start : start + chunk]  # (m, D)
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code of a row.
-        distances = squared_norms - 2.0 * part @ embeddings.t()  # (m, K)
-        codes.append(distances.argmin(dim=1))
+        distances = augmented[start : start + chunk] @ codebook.t()  # (m, K), up to the constant ||z||^2
+        codes.append(distances.min(dim=1).indices)  # same as argmin (first minimum), several times faster on CPU
     if not codes:
         return torch.zeros(0, dtype=torch.long, device=vectors.device)
     return torch.cat(codes)

@@ -8,6 +8,7 @@ a `Tensor[T]` input). Spectra are always computed in float32, whatever the input
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,62 @@ def stft_magnitude(x: Tensor, *, n_fft: int, hop_length: int, eps: float = 1e-8)
     return torch.view_as_real(spec).pow(2).sum(-1).add(eps).sqrt()  # (B, F, frames)
 
 
+@dataclass(frozen=True)
+class ReferenceSpectra:
+    """The reference side of `multi_resolution_stft_loss`, computed once and reusable against several
+    estimates (the VQ-VAE compares one input with one reconstruction per level).
+
+    length: samples per item. fft_sizes: the sizes used (after `fit_fft_sizes`). hop_fraction, eps:
+    as in `multi_resolution_stft_loss`. magnitudes: per size, Tensor[B x (n_fft // 2 + 1) x frames].
+    log_magnitudes: log(magnitude + eps), same shapes. norms: per size, ||S||_F over the batch clamped
+    to eps (scalar Tensors). All float32.
+    """
+
+    length: int
+    fft_sizes: tuple[int, ...]
+    hop_fraction: float
+    eps: float
+    magnitudes: tuple[Tensor, ...]
+    log_magnitudes: tuple[Tensor, ...]
+    norms: tuple[Tensor, ...]
+
+
+def reference_spectra(
+    x: Tensor, *, fft_sizes: tuple[int, ...] = (2048, 1024, 512), hop_fraction: float = 0.25, eps: float = 1e-5
+) -> ReferenceSpectra:
+    """Spectra of the reference waveform x (see module docstring for shapes) for `spectral_loss`."""
+    ref = _as_batch(x)
+    sizes = fit_fft_sizes(fft_sizes, ref.shape[-1])
+    magnitudes = tuple(stft_magnitude(ref, n_fft=n, hop_length=max(1, int(n * hop_fraction))) for n in sizes)
+    return ReferenceSpectra(
+        length=ref.shape[-1],
+        fft_sizes=sizes,
+        hop_fraction=hop_fraction,
+        eps=eps,
+        magnitudes=magnitudes,
+        log_magnitudes=tuple(torch.log(m + eps) for m in magnitudes),
+        norms=tuple(torch.linalg.vector_norm(m).clamp(min=eps) for m in magnitudes),
+    )
+
+
+def spectral_loss(reference: ReferenceSpectra, x_hat: Tensor) -> Tensor:
+    """`multi_resolution_stft_loss` of the estimate x_hat against precomputed reference spectra
+    -> scalar Tensor. x_hat must have the reference's batch size and length."""
+    est = _as_batch(x_hat)
+    if est.shape != reference.magnitudes[0].shape[:1] + (reference.length,):
+        shape = (reference.magnitudes[0].shape[0], reference.length)
+        raise AudioShapeError(f"estimate of shape {tuple(x_hat.shape)} does not match the reference [B x T] {shape}")
+    total = est.new_zeros(())
+    for n_fft, mag_ref, log_ref, norm in zip(
+        reference.fft_sizes, reference.magnitudes, reference.log_magnitudes, reference.norms
+    ):
+        mag_est = stft_magnitude(est, n_fft=n_fft, hop_length=max(1, int(n_fft * reference.hop_fraction)))
+        convergence = torch.linalg.vector_norm(mag_ref - mag_est) / norm
+        log_l1 = (log_ref - torch.log(mag_est + reference.eps)).abs().mean()
+        total = total + convergence + log_l1
+    return total / len(reference.fft_sizes)
+
+
 def multi_resolution_stft_loss(
     x: Tensor,
     x_hat: Tensor,
@@ -90,18 +147,10 @@ def multi_resolution_stft_loss(
     x, x_hat: same-shaped waveforms (see module docstring). FFT sizes longer than the signal are
     skipped (or clamped, see `fit_fft_sizes`). Spectral convergence is ||S - S_hat||_F / ||S||_F
     over the whole batch; the log-magnitude term is mean |log(S + eps) - log(S_hat + eps)|.
+    To compare one reference with several estimates, use `reference_spectra` + `spectral_loss`.
     """
     ref, est = _pair(x, x_hat)
-    total = ref.new_zeros(())
-    sizes = fit_fft_sizes(fft_sizes, ref.shape[-1])
-    for n_fft in sizes:
-        hop = max(1, int(n_fft * hop_fraction))
-        mag_ref = stft_magnitude(ref, n_fft=n_fft, hop_length=hop)
-        mag_est = stft_magnitude(est, n_fft=n_fft, hop_length=hop)
-        convergence = torch.linalg.vector_norm(mag_ref - mag_est) / torch.linalg.vector_norm(mag_ref).clamp(min=eps)
-        log_l1 = (torch.log(mag_ref + eps) - torch.log(mag_est + eps)).abs().mean()
-        total = total + convergence + log_l1
-    return total / len(sizes)
+    return spectral_loss(reference_spectra(ref, fft_sizes=fft_sizes, hop_fraction=hop_fraction, eps=eps), est)
 
 
 def spectral_convergence_db(ref: Tensor, est: Tensor, *, n_fft: int = 2048, eps: float = 1e-8) -> Tensor:

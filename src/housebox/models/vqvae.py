@@ -2,12 +2,21 @@
 
 Every level has its own encoder and decoder straight from / to the waveform (the levels are not
 stacked): level l downsamples by 2 ** downs[l] (hops 8 / 32 / 128 by default) and quantises with
-its own EMA codebook. Read top-down: ResidualUnit -> ResidualStack -> EncoderBlock -> Encoder,
-DecoderBlock -> Decoder, then VQVAEConfig -> VQVAE.
+its own EMA codebook. Read top-down: Conv1d, ConvTranspose1d -> ResidualUnit -> ResidualStack ->
+EncoderBlock -> Encoder, DecoderBlock -> Decoder, then VQVAEConfig -> VQVAE.
 
 Input length: T must be a multiple of `VQVAE.multiple()` (the largest hop) for `forward`, and of
 the largest requested hop for `encode`; `VQVAE.pad_to_multiple` zero-pads on the right. Nothing
 depends on global statistics of the input, so long tracks can be encoded chunk by chunk.
+
+Memory layout: inside an encoder or decoder, activations travel as time-major frames,
+Tensor[B x C x 1 x T] in channels-last memory (each time step's C channels side by side), and every
+Conv1d runs as the equivalent 2-D convolution with a 1 x k kernel, which oneDNN (PyTorch's CPU
+backend) runs faster than channel-major 1-D convolutions, most of all under bf16 autocast; 1 x 1
+convolutions become plain matrix products. The parameters are the usual Conv1d ones, so weights and
+checkpoints are unchanged, and the modules still accept ordinary Tensor[B x C x T] input.
+bench/bench_vqvae.py measures the gain (a training step of the Jukebox-size model on one core:
+about 1.2x in fp32 and 1.4x under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -19,11 +28,64 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from housebox.models.codebook import EMACodebook, QuantizedResult
-from housebox.models.losses import default_fft_sizes, l2_loss, multi_resolution_stft_loss
+from housebox.models.losses import ReferenceSpectra, default_fft_sizes, l2_loss, reference_spectra, spectral_loss
 
 
 class VQVAEInputError(ValueError):
     """Bad configuration, waveform or code input for the VQ-VAE."""
+
+
+def to_frames(x: Tensor) -> Tensor:
+    """Tensor[B x C x T] -> the same values as Tensor[B x C x 1 x T] in channels-last (time-major) memory."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T), strides (T*C, 1, T*C, C)
+
+
+def from_frames(x: Tensor) -> Tensor:
+    """Tensor[B x C x 1 x T] -> Tensor[B x C x T] (a view: no copy, memory stays time-major)."""
+    return x.squeeze(2)
+
+
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d (same parameters and state dict) that also takes time-major frames Tensor[B x Cin x 1 x T]
+    and returns frames Tensor[B x Cout x 1 x T']; Tensor[B x Cin x T] input behaves as in nn.Conv1d.
+    Zero padding only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        (kernel,), (stride,), (padding,), (dilation,) = self.kernel_size, self.stride, self.padding, self.dilation
+        if self.groups == 1 and kernel == 1 and stride == 1 and padding == 0:
+            # A 1 x 1 convolution is a matrix product over channels: (B, 1, T, Cin) @ (Cin, Cout).
+            y = F.linear(x.permute(0, 2, 3, 1), self.weight.squeeze(2), self.bias)  # (B, 1, T, Cout)
+            return y.permute(0, 3, 1, 2)  # (B, Cout, 1, T), channels-last
+        if self.in_channels == 1 and dilation == 1:
+            # One input channel: the k taps as features, (B, 1, T', k) @ (k, Cout), so that the output
+            # is time-major from the start (oneDNN would write this case channel-major).
+            taps = F.pad(x[:, 0], (padding, padding)).unfold(-1, kernel, stride)  # (B, 1, T', k)
+            y = F.linear(taps, self.weight.squeeze(1), self.bias)  # (B, 1, T', Cout)
+            return y.permute(0, 3, 1, 2)  # (B, Cout, 1, T'), channels-last
+        weight = self.weight.unsqueeze(2)  # (Cout, Cin / groups, 1, k)
+        return F.conv2d(x, weight, self.bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation),
+                        groups=self.groups)
+
+
+class ConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d (same parameters and state dict) that also maps time-major frames
+    Tensor[B x Cin x 1 x N] -> Tensor[B x Cout x 1 x T]; Tensor[B x Cin x N] input behaves as in nn.ConvTranspose1d."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if x.dim() != 4:
+            return super().forward(x, output_size)
+        return F.conv_transpose2d(
+            x,
+            self.weight.unsqueeze(2),  # (Cin, Cout, 1, k)
+            self.bias,
+            stride=(1, self.stride[0]),
+            padding=(0, self.padding[0]),
+            output_padding=(0, self.output_padding[0]),
+            groups=self.groups,
+            dilation=(1, self.dilation[0]),
+        )
 
 
 def dilations(*, depth: int, growth: int, cycle: int | None) -> list[int]:
@@ -33,20 +95,20 @@ def dilations(*, depth: int, growth: int, cycle: int | None) -> list[int]:
 
 class ResidualUnit(nn.Module):
     """ReLU -> Conv1d(k3, dilation) -> ReLU -> Conv1d(k1), added back scaled by res_scale.
-    Tensor[B x width x T] -> Tensor[B x width x T]."""
+    Tensor[B x width x T] -> Tensor[B x width x T] (or frames Tensor[B x width x 1 x T], see module doc)."""
 
     def __init__(self, *, width: int, dilation: int, res_scale: float = 1.0) -> None:
         super().__init__()
         self.block = nn.Sequential(
             nn.ReLU(),
-            nn.Conv1d(width, width, kernel_size=3, dilation=dilation, padding=dilation),
-            nn.ReLU(),
-            nn.Conv1d(width, width, kernel_size=1),
+            Conv1d(width, width, kernel_size=3, dilation=dilation, padding=dilation),
+            nn.ReLU(inplace=True),  # its input is a fresh conv output that nothing else keeps
+            Conv1d(width, width, kernel_size=1),
         )
         self.res_scale = res_scale
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.res_scale * self.block(x)
+        return torch.add(x, self.block(x), alpha=self.res_scale)  # x + res_scale * block(x), one pass
 
 
 class ResidualStack(nn.Sequential):
@@ -74,7 +136,7 @@ class EncoderBlock(nn.Sequential):
 
     def __init__(self, *, width: int, **stack: object) -> None:
         super().__init__(
-            nn.Conv1d(width, width, kernel_size=4, stride=2, padding=1),
+            Conv1d(width, width, kernel_size=4, stride=2, padding=1),
             ResidualStack(width=width, **stack),
         )
 
@@ -84,10 +146,14 @@ class Encoder(nn.Sequential):
 
     def __init__(self, *, downs: int, width: int, code_width: int, **stack: object) -> None:
         super().__init__(
-            nn.Conv1d(1, width, kernel_size=3, padding=1),
+            Conv1d(1, width, kernel_size=3, padding=1),
             *(EncoderBlock(width=width, **stack) for _ in range(downs)),
-            nn.Conv1d(width, code_width, kernel_size=3, padding=1),
+            Conv1d(width, code_width, kernel_size=3, padding=1),
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B x 1 x T] -> Tensor[B x code_width x N], time-major in memory."""
+        return from_frames(super().forward(to_frames(x)))
 
 
 class DecoderBlock(nn.Sequential):
@@ -97,7 +163,7 @@ class DecoderBlock(nn.Sequential):
     def __init__(self, *, width: int, **stack: object) -> None:
         super().__init__(
             ResidualStack(width=width, reverse=True, **stack),
-            nn.ConvTranspose1d(width, width, kernel_size=4, stride=2, padding=1),
+            ConvTranspose1d(width, width, kernel_size=4, stride=2, padding=1),
         )
 
 
@@ -106,10 +172,14 @@ class Decoder(nn.Sequential):
 
     def __init__(self, *, ups: int, width: int, code_width: int, **stack: object) -> None:
         super().__init__(
-            nn.Conv1d(code_width, width, kernel_size=3, padding=1),
+            Conv1d(code_width, width, kernel_size=3, padding=1),
             *(DecoderBlock(width=width, **stack) for _ in range(ups)),
-            nn.Conv1d(width, 1, kernel_size=3, padding=1),
+            Conv1d(width, 1, kernel_size=3, padding=1),
         )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Tensor[B x code_width x N] -> Tensor[B x 1 x N * 2**ups]."""
+        return from_frames(super().forward(to_frames(z)))
 
 
 @dataclass(frozen=True)
@@ -247,13 +317,16 @@ class VQVAE(nn.Module):
                 f"length {x.shape[-1]} is not a positive multiple of {multiple}; use VQVAE.pad_to_multiple"
             )
 
-    def _level_forward(self, x: Tensor, level: int) -> tuple[Tensor, QuantizedResult, LevelMetrics, Tensor]:
-        """Encode, quantise and decode x Tensor[B x 1 x T] at one level; the last item is its loss."""
+    def _level_forward(
+        self, x: Tensor, level: int, spectra: ReferenceSpectra | None
+    ) -> tuple[Tensor, QuantizedResult, LevelMetrics, Tensor]:
+        """Encode, quantise and decode x Tensor[B x 1 x T] at one level; the last item is its loss.
+        spectra: the STFT side of x, shared by all levels (None when spectral_weight is 0)."""
         quantized = self.codebooks[level](self.encoders[level](x))
         recon = self.decoders[level](quantized.z_q)  # (B, 1, T)
         recon_loss = l2_loss(x, recon)
-        if self.config.spectral_weight > 0:
-            spectral = multi_resolution_stft_loss(x, recon, fft_sizes=self.fft_sizes)
+        if spectra is not None:
+            spectral = spectral_loss(spectra, recon)
         else:
             spectral = recon_loss.new_zeros(())
         loss = (
@@ -274,9 +347,10 @@ class VQVAE(nn.Module):
         """Reconstruct x Tensor[B x 1 x T] at every level (T a multiple of `multiple()`).
         In training mode the codebooks update themselves (EMA, restarts)."""
         self._check_audio(x, self.multiple())
+        spectra = reference_spectra(x, fft_sizes=self.fft_sizes) if self.config.spectral_weight > 0 else None
         recons, codes, metrics, losses = [], [], [], []
         for level in range(self.config.levels):
-            recon, quantized, level_metrics, loss = self._level_forward(x, level)
+            recon, quantized, level_metrics, loss = self._level_forward(x, level, spectra)
             recons.append(recon)
             codes.append(quantized.codes)
             metrics.append(level_metrics)
