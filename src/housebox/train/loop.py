@@ -213,7 +213,7 @@ def train(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
         _weight_decay_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
-        fused=runtime.device.type == "cuda" or None,
+        fused=runtime.device.type in ("cpu", "cuda") or None,
     )
     amp_dtype, needs_scaler = autocast_settings(config.precision, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=needs_scaler)
