@@ -76,3 +76,25 @@ TINY_VQVAE = [
     "--set", "vqvae.code_width=16", "--set", "vqvae_data.chunk_seconds=0.256", "--set", "vqvae_train.batch_size=4",
     "--set", "vqvae_train.warmup_steps=2", "--set", "vqvae_train.log_every=2",
 ]
+
+TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
+              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
+TINY_UP = ["--set", "upsampler.width=32", "--set", "upsampler.depth=2", "--set", "upsampler.n_ctx=64",
+           "--set", "upsampler_train.batch_size=4", "--set", "upsampler_train.log_every=5"]
+
+
+def train_tiny_run(data: Path, run: Path, vqvae_steps: int, prior_steps: int, upsampler_steps: int = 0) -> Path:
+    """A tiny run through the CLI: VQ-VAE, code cache, top prior and (when upsampler_steps) both upsamplers.
+    It re-encodes `data`, so each test module builds its run in its own module-scoped fixture."""
+    from housebox.cli import main
+
+    assert main(["train", "vqvae", "--data", str(data), "-o", str(run / "vqvae"), "--device", "cpu",
+                 *TINY_VQVAE, "--set", f"vqvae_train.steps={vqvae_steps}"]) == 0
+    assert main(["encode", "--data", str(data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
+    assert main(["train", "prior", "--level", "2", "--data", str(data), "-o", str(run / "prior_l2"),
+                 "--device", "cpu", *TINY_PRIOR, "--set", f"prior_train.steps={prior_steps}"]) == 0
+    for level in (1, 0) if upsampler_steps else ():
+        assert main(["train", "upsampler", "--level", str(level), "--data", str(data), "-o",
+                     str(run / f"up_l{level}"), "--device", "cpu", *TINY_UP,
+                     "--set", f"upsampler_train.steps={upsampler_steps}"]) == 0
+    return run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import TINY_VQVAE
+from conftest import train_tiny_run
 from housebox.audio.io import load_audio, resample, save_audio
 from housebox.cli import main
 from housebox.data.demo_corpus import ARTISTS, render_track
@@ -167,20 +167,10 @@ def test_check_cli_errors_are_one_line(demo_data, tmp_path, capsys):
 
 # ---- a tiny trained run ----------------------------------------------------------------------
 
-TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
-              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
-
-
 @pytest.fixture(scope="module")
 def run_dir(demo_data, tmp_path_factory):
     """VQ-VAE and top-level prior only: samples are decoded from the top level."""
-    run = tmp_path_factory.mktemp("run")
-    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
-                 *TINY_VQVAE, "--set", "vqvae_train.steps=6"]) == 0
-    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
-    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
-                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=10"]) == 0
-    return run
+    return train_tiny_run(demo_data, tmp_path_factory.mktemp("run"), vqvae_steps=6, prior_steps=10)
 
 
 def test_fresh_samples_are_original(run_dir, tmp_path, capsys):

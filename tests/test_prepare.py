@@ -2,7 +2,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from conftest import music_like, write, write_m4a
 from housebox.cli import main

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import TINY_VQVAE
+from conftest import train_tiny_run
 from housebox.cli import main
 from housebox.generate.sampling import draw, filter_logits, sample_codes
 from housebox.models.conditioning import Labels
@@ -152,24 +152,9 @@ def test_sampled_windows_continue_the_context():
 
 # ---- end to end through the CLI --------------------------------------------------------------
 
-TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
-              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
-TINY_UP = ["--set", "upsampler.width=32", "--set", "upsampler.depth=2", "--set", "upsampler.n_ctx=64",
-           "--set", "upsampler_train.batch_size=4", "--set", "upsampler_train.log_every=5"]
-
-
 @pytest.fixture(scope="module")
 def run_dir(demo_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
-                 *TINY_VQVAE, "--set", "vqvae_train.steps=6"]) == 0
-    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
-    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
-                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=10"]) == 0
-    for level in (1, 0):
-        assert main(["train", "upsampler", "--level", str(level), "--data", str(demo_data), "-o",
-                     str(run / f"up_l{level}"), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=6"]) == 0
-    return run
+    return train_tiny_run(demo_data, tmp_path_factory.mktemp("run"), vqvae_steps=6, prior_steps=10, upsampler_steps=6)
 
 
 def test_prior_training_logs_bits_per_token(run_dir):

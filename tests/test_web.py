@@ -11,14 +11,11 @@ import time
 
 import pytest
 
-from conftest import TINY_VQVAE
+from conftest import train_tiny_run
 from housebox.audio.io import save_audio
-from housebox.cli import main
 from housebox.data.prepare import load_track, read_manifest
 from housebox.web.server import JobQueue, RequestError, ServerSettings, start_server
 
-TINY_PRIOR = ["--set", "prior.width=32", "--set", "prior.depth=2", "--set", "prior.n_ctx=64",
-              "--set", "prior_train.batch_size=4", "--set", "prior_train.log_every=5"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -26,13 +23,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 @pytest.fixture(scope="module")
 def run_dir(demo_data, tmp_path_factory):
     """VQ-VAE and top-level prior only (samples are decoded from the top level): a few seconds."""
-    run = tmp_path_factory.mktemp("webrun")
-    assert main(["train", "vqvae", "--data", str(demo_data), "-o", str(run / "vqvae"), "--device", "cpu",
-                 *TINY_VQVAE, "--set", "vqvae_train.steps=4"]) == 0
-    assert main(["encode", "--data", str(demo_data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
-    assert main(["train", "prior", "--level", "2", "--data", str(demo_data), "-o", str(run / "prior_l2"),
-                 "--device", "cpu", *TINY_PRIOR, "--set", "prior_train.steps=4"]) == 0
-    return run
+    return train_tiny_run(demo_data, tmp_path_factory.mktemp("webrun"), vqvae_steps=4, prior_steps=4)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ Read top-down: PriorConfig -> Prior (embed -> transformer -> head).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

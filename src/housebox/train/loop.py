@@ -275,7 +275,7 @@ def train(
     interrupted = False
     bar = tqdm(total=config.steps, initial=start_step, desc=str(describe.get("kind", "train")), unit="step",
                disable=not (progress and runtime.is_main), dynamic_ncols=True)
-    started, loss_sum, loss_count = time.time(), 0.0, 0
+    started = time.time()
     with _StopRequest() as stop:
         model.train()
         while step < config.steps:
