@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, default=22050, help="sample rate of the files (default 22050)")
     p.set_defaults(func=_cmd_make_demo_corpus)
 
-    p = verbs.add_parser("train", help="train a model (vqvae) through the shared loop; torchrun for several GPUs",
+    p = verbs.add_parser("train", help="train vqvae | prior | upsampler through the shared loop (torchrun for several GPUs)",
                          description="Train one model. Under torchrun every process trains a shard (DDP).")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="MODEL")
     k = kinds.add_parser("vqvae", help="the hierarchical VQ-VAE", description="Train the hierarchical VQ-VAE.")
