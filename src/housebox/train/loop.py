@@ -266,6 +266,8 @@ def train(
             values = eval_fn(ema, step, writer)
         row = {"step": step, **{f"eval/{k}": float(v) for k, v in values.items()}}
         history.append(row)
+        if progress:
+            tqdm.write(f"step {step} validation: " + ", ".join(f"{k} {float(v):.4g}" for k, v in values.items()))
         if writer is not None:
             for k, v in values.items():
                 writer.add_scalar(f"eval/{k}", float(v), step)
