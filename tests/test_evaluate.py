@@ -47,6 +47,7 @@ def test_frechet_distance_separates_distributions(tracks):
         frechet_distance(a[:1], b)
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, capsys):
     from housebox.cli import main
 
