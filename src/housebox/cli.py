@@ -155,6 +155,10 @@ def _device(name: str) -> str:
     return str(pick_device(name))
 
 
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     from housebox.config import preset_names
 
@@ -164,7 +168,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override one preset field, e.g. vqvae_train.steps=200 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    _add_device_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.add_argument("--check", action="store_true",
                    help="check the samples' originality against the run's training data (see `housebox check`)")
     p.set_defaults(func=_cmd_sample)
@@ -263,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="folder for generated samples (default RUN/samples)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="longest track a request may ask for (default 120)")
     p.add_argument("--no-check", action="store_true", help="do not check originality after each generation")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_serve)
 
     p = verbs.add_parser("encode", help="write the code cache the priors train on",
                          description="Encode every prepared track into codes/l<level>/<id>.npy (resumable).")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--vqvae", required=True, help="trained VQ-VAE model directory")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_encode)
 
     p = verbs.add_parser("evaluate", help="reconstruction, bits/token and statistics of generated music",
@@ -283,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=30.0, help="length of generated tracks (default 30)")
     p.add_argument("--per-artist", type=int, default=1, help="tracks generated per artist (default 1)")
     p.add_argument("--seed", type=int, default=1000, help="seed for generation (default 1000)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = verbs.add_parser("evaluate-vqvae", help="reconstruction quality and codebook use per level",
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="where to write the report (default: the model directory)")
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per validation track (default 8)")
     p.add_argument("--max-tracks", type=int, default=16, help="validation tracks to use (default 16)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate_vqvae)
 
     p = verbs.add_parser("demo", help="the whole pipeline on the built-in corpus, on CPU",
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo", help="folder for everything the demo writes (default demo/)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version (used by the tests)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    _add_device_flag(p)
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -43,10 +43,9 @@ def _stage(number: int, total: int, text: str) -> None:
 
 
 def _done(model_dir: Path, steps: int) -> bool:
-    import json
+    from housebox.train.checkpoint import read_config
 
-    path = model_dir / "config.json"
-    return path.exists() and json.loads(path.read_text()).get("step", 0) >= steps
+    return (model_dir / "config.json").exists() and read_config(model_dir).get("step", 0) >= steps
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto") -> dict:

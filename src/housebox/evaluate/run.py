@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from housebox.evaluate.music import frechet_distance, mel_chroma_features, track
 from housebox.evaluate.vqvae import evaluate_vqvae
 from housebox.generate.pipeline import Run, SampleSettings, generate, write_outputs
 from housebox.train.checkpoint import write_json
-from housebox.train.prior import conditioning
+from housebox.train.loop import move_to
+from housebox.train.prior import bits_per_token
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,8 @@ def prior_bits_per_token(run: Run, data_dir: Path, windows: int = 16) -> dict[st
         rows = tracks_for(data_dir, "valid", config.sample_rate)
         data = CodeWindows(data_dir, rows, level, config.n_ctx, windows, vocab, config.max_genres,
                            ratio=config.upper_ratio, upper=config.is_upsampler)
-        batch = data.fixed(windows)
-        device = prior.head.weight.device
-        from housebox.train.loop import move_to
-
-        batch = move_to(batch, device)
-        loss = prior(batch.codes, conditioning(batch, config.is_upsampler), batch.mask).loss
-        out[f"level_{level}"] = round(float(loss) / math.log(2), 4)
+        batch = move_to(data.fixed(windows), prior.head.weight.device)
+        out[f"level_{level}"] = round(bits_per_token(prior, batch), 4)
     return out
 
 

@@ -14,7 +14,7 @@ from housebox.data.dataset import CodeWindows, PriorBatch, tracks_for
 from housebox.data.labels import Vocabulary
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Conditioning, Prior, PriorConfig
-from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
+from housebox.train.loop import StepOutput, TrainConfig, TrainResult, move_to, train
 
 DERIVED = ("level", "codebook_size", "n_artists", "n_genres", "sample_rate", "hop", "timing",
            "upper_codebook_size", "upper_ratio")
@@ -59,17 +59,21 @@ def make_step(config: PriorConfig):
     return prior_step
 
 
+@torch.no_grad()
+def bits_per_token(prior: Prior, batch: PriorBatch) -> float:
+    """Teacher-forced cross-entropy of `prior` on a batch already on its device, in bits per token."""
+    out = prior(batch.codes, conditioning(batch, prior.config.is_upsampler), batch.mask)
+    return float(out.loss) / math.log(2)
+
+
 def make_eval_fn(windows: CodeWindows, config: PriorConfig, data_dir: Path, vqvae_dir: str | None):
     """Validation bits per token on fixed windows; for the top prior, a decoded sample in TensorBoard."""
     batch = windows.fixed(8)
 
     def evaluate(model: Prior, step: int, writer) -> dict[str, float]:
         device = next(model.parameters()).device
-        from housebox.train.loop import move_to
-
         moved = move_to(batch, device)
-        out = model(moved.codes, conditioning(moved, config.is_upsampler), moved.mask)
-        results = {"bits_per_token": float(out.loss) / math.log(2)}
+        results = {"bits_per_token": bits_per_token(model, moved)}
         if writer is not None and not config.is_upsampler and vqvae_dir and Path(vqvae_dir).exists():
             from housebox.generate.sampling import sample_codes
             from housebox.models.load import load_vqvae
