@@ -1,9 +1,11 @@
-"""Statistics of generated music, the Fréchet distance, and the quick demo end to end."""
+"""Statistics of generated music, the Fréchet distance, and the demo end to end (quick; and the full plan,
+which must keep every artist's tempo and kick)."""
 
 import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from housebox.data.demo_corpus import ARTISTS, render_track
 from housebox.evaluate.music import frechet_distance, mel_chroma_features, spectral_centroid, track_stats
@@ -62,3 +64,22 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert wav.exists() and (wav.parent / "index.html").exists()
         assert abs(r["reference_bpm"] - next(a.bpm for a in ARTISTS if a.name == r["artist"])) < 1.0
     assert (tmp_path / "evaluation" / "evaluation.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_demo_learns_each_artists_tempo_and_kick(tmp_path):
+    """The full demo plan (what `make demo` runs, about 12 CPU-minutes): three 30-second tracks per artist,
+    their median tempo within 3 BPM of the artist's and a kick on the beat, for every artist."""
+    from housebox.demo import run_demo
+    from housebox.evaluate.run import KICK_DETECTED, TEMPO_TOLERANCE_BPM
+
+    report = run_demo(tmp_path, quick=False, device="cpu")
+    assert {r["artist"] for r in report["generated"]} == {a.name for a in ARTISTS}
+    for r in report["generated"]:
+        style = next(a for a in ARTISTS if a.name == r["artist"])
+        assert len(r["generated_bpm"]) == 3
+        assert abs(r["median_bpm"] - style.bpm) <= TEMPO_TOLERANCE_BPM, r
+        assert r["tempo_kept"] and r["kick_detected"], r
+        assert r["kick_periodicity"] >= KICK_DETECTED, r
+        wavs = sorted((tmp_path / "evaluation" / "samples").glob(f"{r['samples_dir'].split('/')[-1]}/sample_*.wav"))
+        assert len(wavs) == 3 and all(abs(sf.info(w).duration - 30.0) < 0.1 for w in wavs)

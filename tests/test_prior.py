@@ -16,12 +16,13 @@ from housebox.models.prior import Conditioning, Prior, PriorConfig
 V = 32
 
 
-def tiny_prior(upsampler: bool = False, attention=("dense",), n_ctx: int = 32) -> Prior:
+def tiny_prior(upsampler: bool = False, attention=("dense",), n_ctx: int = 32, rotary: bool = False) -> Prior:
     torch.manual_seed(0)
     config = PriorConfig(level=1 if upsampler else 2, codebook_size=V, n_artists=3, n_genres=4, max_genres=2,
                          sample_rate=16000, hop=32 if upsampler else 128, width=32, depth=2, heads=2, n_ctx=n_ctx,
                          attention=attention, block_size=8, timing=not upsampler, timing_bins=8, max_seconds=10.0,
-                         upper_codebook_size=V if upsampler else 0, upper_ratio=4 if upsampler else 1)
+                         upper_codebook_size=V if upsampler else 0, upper_ratio=4 if upsampler else 1,
+                         rotary=rotary)
     return Prior(config).eval()
 
 
@@ -35,10 +36,11 @@ def cond(prior: Prior, b: int, start: int = 0) -> Conditioning:
                         upper=upper)
 
 
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("upsampler", [False, True])
 @pytest.mark.parametrize("attention", [("dense",), ("row", "column", "prev_block")])
-def test_cached_steps_equal_full_forward(upsampler, attention):
-    prior = tiny_prior(upsampler, attention)
+def test_cached_steps_equal_full_forward(upsampler, attention, rotary):
+    prior = tiny_prior(upsampler, attention, rotary=rotary)
     c = cond(prior, 2, start=40)
     codes = torch.randint(0, V, (2, prior.config.n_ctx))
     full = prior(codes, c).logits

@@ -8,17 +8,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from housebox.models.transformer import ATTENTION_KINDS, Transformer, TransformerConfig, TransformerError
+from housebox.models.transformer import (
+    ATTENTION_KINDS,
+    Transformer,
+    TransformerConfig,
+    TransformerError,
+    rotary_tables,
+    rotate,
+)
 
 PATTERNS = [(kind,) for kind in ATTENTION_KINDS] + [("row", "column", "prev_block", "dense")]
 BLOCK = 4
 N_CTX = 24
 
 
-def tiny(attention: tuple[str, ...], *, depth: int = 4, seed: int = 0, n_ctx: int = N_CTX) -> Transformer:
+def tiny(attention: tuple[str, ...], *, depth: int = 4, seed: int = 0, n_ctx: int = N_CTX,
+         rotary: bool = False) -> Transformer:
     """A small transformer with weights large enough that attention is far from uniform."""
     torch.manual_seed(seed)
-    config = TransformerConfig(width=16, depth=depth, heads=2, n_ctx=n_ctx, attention=attention, block_size=BLOCK)
+    config = TransformerConfig(width=16, depth=depth, heads=2, n_ctx=n_ctx, attention=attention, block_size=BLOCK,
+                               rotary=rotary)
     model = Transformer(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -42,6 +51,16 @@ def mask_of(kind: str, T: int) -> torch.Tensor:
     return torch.tensor([[visible(kind, i, j) for j in range(T)] for i in range(T)])
 
 
+def reference_rotation(x: torch.Tensor) -> torch.Tensor:
+    """RoPE written as complex multiplication: pair (x[i], x[i + hd/2]) at position p turns by p * 10000^(-2i/hd).
+    Tensor[B x H x T x hd] -> Tensor[B x H x T x hd]."""
+    T, hd = x.shape[-2], x.shape[-1]
+    half = hd // 2
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * 10000.0 ** (-2.0 * torch.arange(half) / hd)[None]
+    turned = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat([turned.real, turned.imag], dim=-1).to(x.dtype)
+
+
 def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
     """Slow reference: every layer attends through an explicit T x T mask and a plain softmax."""
     B, T, D = x.shape
@@ -50,6 +69,8 @@ def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
         h = block.ln1(x)
         q, k, v = block.attn.qkv(h).split(D, dim=-1)  # 3 x (B, T, D)
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if model.config.rotary:
+            q, k = reference_rotation(q), reference_rotation(k)
         scores = q @ k.transpose(-1, -2) / math.sqrt(D // H)  # (B, H, T, T)
         scores = scores.masked_fill(~mask_of(block.attn.kind, T), float("-inf"))
         y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
@@ -69,10 +90,11 @@ def run_steps(model: Transformer, x: torch.Tensor, chunks: list[int]) -> torch.T
     return torch.cat(outputs, dim=1)
 
 
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_steps_equal_forward(attention: tuple[str, ...], batch: int) -> None:
-    model = tiny(attention)
+def test_steps_equal_forward(attention: tuple[str, ...], batch: int, rotary: bool) -> None:
+    model = tiny(attention, rotary=rotary)
     T = 22  # not a multiple of the block: the forward pads the last row
     x = torch.randn(batch, T, 16, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -107,9 +129,10 @@ def test_one_layer_sees_exactly_its_mask(kind: str) -> None:
     assert torch.equal(seen, mask_of(kind, T)), f"{kind}: gradient pattern differs from the definition"
 
 
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
-def test_deep_stack_is_causal(attention: tuple[str, ...]) -> None:
-    model = tiny(attention, depth=4)
+def test_deep_stack_is_causal(attention: tuple[str, ...], rotary: bool) -> None:
+    model = tiny(attention, depth=4, rotary=rotary)
     T = 13
     x = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
     y = model(x)
@@ -119,12 +142,36 @@ def test_deep_stack_is_causal(attention: tuple[str, ...]) -> None:
         assert grad[:, t].abs().max().item() > 0.0
 
 
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
-def test_forward_equals_dense_masked_reference(attention: tuple[str, ...]) -> None:
-    model = tiny(attention)
+def test_forward_equals_dense_masked_reference(attention: tuple[str, ...], rotary: bool) -> None:
+    model = tiny(attention, rotary=rotary)
     x = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert (model(x) - reference_forward(model, x)).abs().max().item() < 1e-5
+
+
+def test_rotary_scores_depend_only_on_distance() -> None:
+    """<rotate(q, m), rotate(k, n)> is a function of m - n: the same pair 37 positions later scores the same."""
+    g = torch.Generator().manual_seed(7)
+    q, k = torch.randn(1, 1, 1, 32, generator=g), torch.randn(1, 1, 1, 32, generator=g)
+    cos, sin = rotary_tables(128, 32)
+
+    def score(m: int, n: int) -> float:
+        at = lambda x, p: rotate(x, cos[p : p + 1], sin[p : p + 1])  # noqa: E731
+        return (at(q, m) * at(k, n)).sum().item()
+
+    for m, n in [(5, 0), (60, 3), (90, 90)]:
+        assert abs(score(m, n) - score(m + 37, n + 37)) < 1e-4
+    assert abs(score(5, 0) - score(6, 0)) > 1e-3  # and it does depend on the distance
+    assert abs((rotate(q, cos[9:10], sin[9:10]).norm() - q.norm()).item()) < 1e-5  # a rotation keeps the norm
+
+
+def test_rotary_buffers_are_not_saved() -> None:
+    model = tiny(("dense",), depth=1, rotary=True)
+    assert not any("rotary" in name for name in model.state_dict())
+    plain = tiny(("dense",), depth=1)
+    assert plain.state_dict().keys() == model.state_dict().keys()  # same weights; rotary comes from the config
 
 
 def test_gpt2_init() -> None:
@@ -178,6 +225,7 @@ def test_autocast_bf16() -> None:
         ({"attention": ()}, ["empty"]),
         ({"width": 30, "heads": 4}, ["width=30", "heads=4"]),
         ({"block_size": 0, "attention": ("column",)}, ["block_size"]),
+        ({"width": 6, "heads": 2, "rotary": True}, ["rotary", "even", "3"]),
     ],
 )
 def test_bad_config_is_one_clear_line(kwargs: dict, words: list[str]) -> None:

@@ -25,6 +25,12 @@ from housebox.train.checkpoint import write_json
 from housebox.train.loop import move_to
 from housebox.train.prior import bits_per_token
 
+# "Learned the corpus" per artist: the median generated tempo within this many BPM of the artist's ...
+TEMPO_TOLERANCE_BPM = 3.0
+# ... and a kick at the beat: low-band onset periodicity at least this. Training tracks of the demo corpus
+# measure 0.6-0.9; noise, or onsets at no steady tempo, 0-0.1 (audio/features.py, tests/test_features.py).
+KICK_DETECTED = 0.2
+
 
 @dataclass(frozen=True)
 class ArtistReport:
@@ -42,6 +48,8 @@ class ArtistReport:
     centroid_hz: float
     reference_centroid_hz: float
     samples_dir: str
+    tempo_kept: bool | None  # bpm_error <= TEMPO_TOLERANCE_BPM (None: no reference tempo or none measured)
+    kick_detected: bool  # kick_periodicity >= KICK_DETECTED
 
 
 @torch.no_grad()
@@ -89,17 +97,21 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         ref_bpm = float(np.median(ref_bpms)) if ref_bpms else None
         median = float(np.median(known_bpms)) if known_bpms else None
         ref_key = Counter(r.get("key") for r in mine).most_common(1)[0][0]
+        bpm_error = round(abs(median - ref_bpm), 2) if median is not None and ref_bpm is not None else None
+        kick = float(np.median([s.kick_periodicity or 0.0 for s in stats]))
         reports.append(ArtistReport(
             artist=artist, genres=list(genres), reference_bpm=ref_bpm, reference_key=ref_key, generated_bpm=bpms,
             median_bpm=median,
-            bpm_error=round(abs(median - ref_bpm), 2) if median is not None and ref_bpm is not None else None,
+            bpm_error=bpm_error,
             key_match=float(np.mean([s.key == ref_key for s in stats])),
-            kick_periodicity=float(np.median([s.kick_periodicity or 0.0 for s in stats])),
+            kick_periodicity=kick,
             reference_kick_periodicity=float(np.median([s.kick_periodicity or 0.0 for s in reference])),
             lufs=_median([s.lufs for s in stats]),
             centroid_hz=float(np.median([s.centroid_hz for s in stats])),
             reference_centroid_hz=float(np.median([s.centroid_hz for s in reference])),
             samples_dir=str(samples_dir),
+            tempo_kept=None if bpm_error is None else bpm_error <= TEMPO_TOLERANCE_BPM,
+            kick_detected=kick >= KICK_DETECTED,
         ))
     generated = np.concatenate(generated_features) if generated_features else np.zeros((0, 44))
     distance = frechet_distance(generated, reference_features) if len(generated) > 1 else None
@@ -114,6 +126,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         "frechet_mel_chroma_distance": distance,
         "frechet_mel_chroma_distance_train_vs_heldout": baseline,
         "settings": {"seconds": seconds, "per_artist": per_artist, "seed": seed, "temperature": temperature},
+        "criteria": {"tempo_tolerance_bpm": TEMPO_TOLERANCE_BPM, "kick_detected_at": KICK_DETECTED},
     }
     write_json(out_dir / "evaluation.json", report)
     _plot(out_dir / "evaluation.png", reports)
@@ -165,9 +178,11 @@ def print_summary(report: dict) -> None:
         print(f"VQ-VAE level {level['level']}: spectral convergence {level['spectral_convergence_db']:.1f} dB, "
               f"{level['codes_used_percent']:.0f}% codes used")
     for r in report["generated"]:
-        print(f"{r['artist']:>16}: generated {r['median_bpm']} BPM vs {r['reference_bpm']} in training "
-              f"(error {r['bpm_error']}), kick periodicity {r['kick_periodicity']:.2f} "
-              f"(training {r['reference_kick_periodicity']:.2f}), key match {r['key_match']:.0%}")
+        verdict = "tempo kept" if r["tempo_kept"] else "tempo LOST"
+        verdict += ", kick detected" if r["kick_detected"] else ", NO kick"
+        print(f"{r['artist']:>16}: generated {r['median_bpm']} BPM (median of {r['generated_bpm']}) vs "
+              f"{r['reference_bpm']} in training, kick periodicity {r['kick_periodicity']:.2f} "
+              f"(training {r['reference_kick_periodicity']:.2f}), key match {r['key_match']:.0%}: {verdict}")
     fd, base = report["frechet_mel_chroma_distance"], report["frechet_mel_chroma_distance_train_vs_heldout"]
     if fd is not None:
         print(f"Fréchet mel+chroma distance to held-out audio: {fd:.2f} (training audio itself: {base:.2f})")

@@ -35,6 +35,7 @@ class PriorConfig:
     attention: tuple[str, ...] = ("dense",)
     block_size: int = 32
     dropout: float = 0.0
+    rotary: bool = False  # relative positions in attention (RoPE) on top of the learned absolute ones
     # conditioning
     timing: bool = True  # top level only
     timing_bins: int = 64
@@ -54,7 +55,8 @@ class PriorConfig:
 
     def transformer(self) -> TransformerConfig:
         return TransformerConfig(width=self.width, depth=self.depth, heads=self.heads, n_ctx=self.n_ctx,
-                                 attention=self.attention, block_size=self.block_size, dropout=self.dropout)
+                                 attention=self.attention, block_size=self.block_size, dropout=self.dropout,
+                                 rotary=self.rotary)
 
 
 @dataclass(frozen=True)

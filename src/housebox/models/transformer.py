@@ -22,7 +22,12 @@ applies dropout. A prime prefilled from position 0 runs the training computation
 mid-cache (t > 1, pos > 0) uses an explicit t x (pos + t) mask, so prefill long primes from 0 or
 in chunks. Under autocast the cache may be float32 or the autocast dtype.
 
-Read top-down: masks -> attention functions -> CausalSelfAttention -> MLP -> Block (and its cached
+Positions: the prior adds learned absolute embeddings to the input; with `rotary=True` the queries and
+keys of every layer are also rotated by their position (RoPE, Su et al. 2021), so a query-key score
+depends on how far apart the two are. A rule like "look one beat back" is then one pattern shared by
+every position instead of one to learn per position pair.
+
+Read top-down: masks -> rotary -> attention functions -> CausalSelfAttention -> MLP -> Block (and its cached
 twin block_step) -> TransformerConfig -> KVCache -> Transformer.
 """
 
@@ -82,6 +87,27 @@ def with_previous_row(x: Tensor) -> Tensor:
     """
     previous = F.pad(x[:, :, :-1], (0, 0, 0, 0, 1, 0))  # (B, H, rows, b, hd), shifted down one row
     return torch.cat([previous, x], dim=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings
+
+
+def rotary_tables(n_ctx: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos and sin of angle p * base^(-2i / head_dim) for positions p < n_ctx: 2 x Tensor[n_ctx x head_dim / 2]."""
+    if head_dim % 2:
+        raise TransformerError(f"rotary positions need an even head width, got {head_dim}")
+    inverse = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd / 2,)
+    angles = torch.arange(n_ctx, dtype=torch.float64)[:, None] * inverse[None]  # (n_ctx, hd / 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x[i], x[i + hd/2]) by its position's angle.
+    x: Tensor[B x H x T x hd]; cos, sin: Tensor[T x hd / 2] -> Tensor[B x H x T x hd]."""
+    first, second = x.chunk(2, dim=-1)  # 2 x (B, H, T, hd / 2)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
 
 
 def blockwise_attention(
@@ -204,9 +230,13 @@ class CausalSelfAttention(nn.Module):
         self.block_size = block_size
         self.dropout = dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """`rotary`: (cos, sin) Tensor[>= T x hd / 2] from `rotary_tables`, or None."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        if rotary is not None:
+            cos, sin = rotary[0][:T], rotary[1][:T]
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         dropout_p = self.dropout if self.training else 0.0
         y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
@@ -271,8 +301,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(width, bias=bias)
         self.mlp = MLP(width=width, ratio=mlp_ratio, dropout=dropout, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), rotary)
         return x + self.mlp(self.ln2(x))
 
     def weights(self) -> BlockWeights:
@@ -288,11 +318,13 @@ class Block(nn.Module):
 
 
 def block_step(
-    x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor
+    x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor,
+    rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """`Block.forward` for positions pos..pos+t-1 of B sequences, writing their keys and values into the cache.
 
     x: Tensor[(B * t) x D], batch-major; keys, values: Tensor[B x H x n_ctx x hd] -> Tensor[(B * t) x D].
+    rotary: (cos, sin) of positions pos..pos+t-1, Tensor[t x hd / 2] each, or None. The cache holds rotated keys.
     """
     D = x.shape[1]
     B, H = keys.shape[0], keys.shape[1]
@@ -303,6 +335,8 @@ def block_step(
         q, k, v = qkv.view(B, 3, H, 1, D // H).unbind(1)  # 3 x (B, H, 1, hd)
     else:
         q, k, v = qkv.view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
+    if rotary is not None:
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
     keys.narrow(2, pos, t).copy_(k)
     values.narrow(2, pos, t).copy_(v)
     y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
@@ -329,6 +363,7 @@ class TransformerConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     bias: bool = True
+    rotary: bool = False  # rotate queries and keys by position (relative positions); see the module docstring
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))  # YAML gives lists
@@ -348,6 +383,8 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TransformerError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rotary and (self.width // self.heads) % 2:
+            raise TransformerError(f"rotary positions need an even head width, got {self.width // self.heads}")
 
     @property
     def factorised(self) -> bool:
@@ -398,6 +435,10 @@ class Transformer(nn.Module):
             for kind in self.kinds
         )  # fmt: skip
         self.ln_f = nn.LayerNorm(config.width, bias=config.bias)
+        if config.rotary:  # not saved: recomputed from the config
+            cos, sin = rotary_tables(config.n_ctx, config.width // config.heads)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.depth)
         for block in self.blocks:
@@ -422,9 +463,14 @@ class Transformer(nn.Module):
             raise TransformerError(f"expected input [B x T x {self.config.width}], got {list(x.shape)}")
         if x.shape[1] > self.config.n_ctx:
             raise TransformerError(f"sequence length {x.shape[1]} exceeds n_ctx={self.config.n_ctx}")
+        rotary = self.rotary()
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rotary)
         return self.ln_f(x)
+
+    def rotary(self) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin) tables Tensor[n_ctx x hd / 2] when the config asks for rotary positions, else None."""
+        return (self.rotary_cos, self.rotary_sin) if self.config.rotary else None
 
     def new_cache(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -464,7 +510,11 @@ class Transformer(nn.Module):
         if pos < 0 or pos + t > self.config.n_ctx:
             raise TransformerError(f"positions {pos}..{pos + t - 1} fall outside the context of {self.config.n_ctx}")
         block_size, prev_mask = self.config.block_size, cache.prev_mask
+        rotary = None
+        if self.config.rotary:
+            rotary = (self.rotary_cos.narrow(0, pos, t), self.rotary_sin.narrow(0, pos, t))  # 2 x (t, hd / 2)
         x = x.reshape(B * t, D)  # (B * t, D)
         for kind, weights, keys, values in zip(self.kinds, cache.weights, cache.keys, cache.values):
-            x = block_step(x, weights, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
+            x = block_step(x, weights, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask,
+                           rotary=rotary)
         return F.layer_norm(x, (D,), cache.final_weight, cache.final_bias).view(B, t, D)
