@@ -122,7 +122,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, _device(args.device))
     out = Path(args.output or Path(args.run) / "evaluation")
-    report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed)
+    report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed,
+                          temperature=args.temperature)
     print_summary(report)
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
     return 0
@@ -285,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
     p.add_argument("-o", "--output", help="report folder (default RUN/evaluation)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of generated tracks (default 30)")
-    p.add_argument("--per-artist", type=int, default=1, help="tracks generated per artist (default 1)")
+    p.add_argument("--per-artist", type=int, default=3, help="tracks generated per artist; the report gives "
+                                                                 "their median tempo (default 3)")
     p.add_argument("--seed", type=int, default=1000, help="seed for generation (default 1000)")
+    p.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95, as the "
+                                                                    "demo)")
     _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -21,14 +21,18 @@ class DemoPlan:
     upsampler_steps: int
     seconds: float  # per generated track
     per_artist: int = 1  # generated tracks per artist (the evaluation reports their median tempo)
+    temperature: float = 0.95  # below 1, as Jukebox samples: fewer unlikely codes that derail the beat (README)
     overrides: tuple[str, ...] = ()
+    cpu_overrides: tuple[str, ...] = ()  # only when training on the CPU
 
 
 # What it took to learn the corpus (measured; see the README): 15 minutes of audio (112 k top-level
 # tokens), rotary positions and 3,000 prior steps keep each artist's tempo and kick; with 6 minutes and
 # 600 steps the top prior memorised its data, with 2,000 steps and learned positions only the artist
 # whose beat is a whole number of tokens kept its tempo. The upsamplers need 1,500 steps to keep the kick.
-FULL = DemoPlan(minutes=15.0, vqvae_steps=400, prior_steps=3000, upsampler_steps=1500, seconds=30.0, per_artist=3)
+# On the CPU the priors train under bf16 autocast, ~20% faster (on CUDA `auto` already picks bf16 or fp16).
+FULL = DemoPlan(minutes=15.0, vqvae_steps=400, prior_steps=3000, upsampler_steps=1500, seconds=30.0, per_artist=3,
+                cpu_overrides=("prior_train.precision=bf16", "upsampler_train.precision=bf16"))
 QUICK = DemoPlan(minutes=1.0, vqvae_steps=20, prior_steps=20, upsampler_steps=10, seconds=3.0, overrides=(
     "vqvae.width=16", "vqvae.depth=1", "vqvae.codebook_size=64", "vqvae.code_width=16",
     "vqvae_data.chunk_seconds=0.256", "vqvae_train.batch_size=4",
@@ -57,6 +61,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     from housebox.data.prepare import PrepareSettings, prepare
     from housebox.evaluate.run import evaluate_run, print_summary
     from housebox.generate.pipeline import load_run
+    from housebox.train.distributed import pick_device
     from housebox.train.prior import train_prior
     from housebox.train.vqvae import train_vqvae
 
@@ -64,8 +69,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     started = _STARTED[0] = time.time()
     out = Path(out)
     corpus, data, run = out / "corpus", out / "data", out / "run"
+    on_cpu = pick_device(device).type == "cpu"
     preset = apply_overrides(load_preset("tiny"), [
-        *plan.overrides,
+        *plan.overrides, *(plan.cpu_overrides if on_cpu else ()),
         f"vqvae_train.steps={plan.vqvae_steps}", f"prior_train.steps={plan.prior_steps}",
         f"upsampler_train.steps={plan.upsampler_steps}",
         f"vqvae_train.seed={seed}", f"prior_train.seed={seed}", f"upsampler_train.seed={seed}",
@@ -96,7 +102,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     _stage(6, total, f"sampling {tracks} {plan.seconds:g}-second track(s) per artist, then evaluating")
     loaded = load_run(run, "cpu")
     report = evaluate_run(loaded, data, out / "evaluation", seconds=plan.seconds, per_artist=plan.per_artist,
-                          seed=seed + 1000)
+                          seed=seed + 1000, temperature=plan.temperature)
     _stage(7, total, "summary")
     print_summary(report)
     minutes = (time.time() - started) / 60
