@@ -1,6 +1,7 @@
 """Sampling speed of the prior's transformer on CPU: KV-cache steps versus a no-cache baseline.
 
-The reference prior of the priors issue: width 128, depth 4, 2 heads, context 1024, 2048 codes.
+The reference prior of the priors issue: width 128, depth 4, 2 heads, context 1024, 2048 codes; dense
+and factorised attention, and dense with rotary positions (what it costs to rotate queries and keys).
 A throwaway token + position embedding and a linear head (no LayerNorm) around
 `housebox.models.transformer.Transformer` make each step token-in, logits-out; the next token is
 drawn by inverse-CDF sampling (softmax -> cumsum -> searchsorted, one uniform per row).
@@ -44,10 +45,11 @@ class ToyPrior:
     head: Tensor  # (vocab, D)
 
 
-def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0) -> ToyPrior:
+def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0, rotary: bool = False) -> ToyPrior:
     """The reference prior with random weights (GPT-2 init for the transformer)."""
     torch.manual_seed(seed)
-    config = TransformerConfig(width=128, depth=4, heads=2, n_ctx=1024, attention=attention, block_size=32)
+    config = TransformerConfig(width=128, depth=4, heads=2, n_ctx=1024, attention=attention, block_size=32,
+                               rotary=rotary)
     transformer = Transformer(config).eval()
     D = config.width
     return ToyPrior(
@@ -138,6 +140,7 @@ def main() -> None:
     priors = {
         "dense": make_prior(attention=("dense",)),
         "row/column/prev_block": make_prior(attention=("row", "column", "prev_block")),
+        "dense, rotary": make_prior(attention=("dense",), rotary=True),  # the cost of rotating q and k
     }
     variants: dict[str, tuple[Callable[[int], Tensor], int]] = {}
     for name, prior in priors.items():

@@ -94,7 +94,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         bpms = [s.bpm for s in stats]
         known_bpms = [b for b in bpms if b is not None]
         ref_bpms = [r["bpm"] for r in mine if r.get("bpm")]
-        ref_bpm = float(np.median(ref_bpms)) if ref_bpms else None
+        ref_bpm = round(float(np.median(ref_bpms)), 2) if ref_bpms else None
         median = float(np.median(known_bpms)) if known_bpms else None
         ref_key = Counter(r.get("key") for r in mine).most_common(1)[0][0]
         bpm_error = round(abs(median - ref_bpm), 2) if median is not None and ref_bpm is not None else None
@@ -115,8 +115,10 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         ))
     generated = np.concatenate(generated_features) if generated_features else np.zeros((0, 44))
     distance = frechet_distance(generated, reference_features) if len(generated) > 1 else None
-    # a yardstick for the distance: train tracks against held-out tracks
-    train_rows = [r for r in rows if r["split"] == "train"][: max(2, len(held_out))]
+    # a yardstick for the distance: train tracks against held-out tracks, as many per artist as are held out
+    held_per_artist = Counter(r["artist"] for r in held_out)
+    train_rows = [r for artist, count in held_per_artist.items()
+                  for r in [r for r in rows if r["split"] == "train" and r["artist"] == artist][: max(1, count)]]
     baseline = frechet_distance(np.concatenate([mel_chroma_features(_audio(data_dir, r), sr) for r in train_rows]),
                                 reference_features) if train_rows else None
     report = {
@@ -185,4 +187,5 @@ def print_summary(report: dict) -> None:
               f"(training {r['reference_kick_periodicity']:.2f}), key match {r['key_match']:.0%}: {verdict}")
     fd, base = report["frechet_mel_chroma_distance"], report["frechet_mel_chroma_distance_train_vs_heldout"]
     if fd is not None:
-        print(f"Fréchet mel+chroma distance to held-out audio: {fd:.2f} (training audio itself: {base:.2f})")
+        yardstick = f"training audio itself: {base:.2f}" if base is not None else "no training audio of those artists"
+        print(f"Fréchet mel+chroma distance to held-out audio: {fd:.2f} ({yardstick})")
