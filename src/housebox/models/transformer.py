@@ -104,9 +104,10 @@ def rotary_tables(n_ctx: int, head_dim: int, base: float = 10000.0) -> tuple[Ten
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate each pair (x[i], x[i + hd/2]) by its position's angle.
-    x: Tensor[B x H x T x hd]; cos, sin: Tensor[T x hd / 2] -> Tensor[B x H x T x hd]."""
+    x: Tensor[... x T x hd] (e.g. B x H x T x hd); cos, sin: Tensor[T x hd / 2] -> the shape of x."""
     first, second = x.chunk(2, dim=-1)  # 2 x (B, H, T, hd / 2)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
 
 
@@ -333,10 +334,12 @@ def block_step(
     qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3D)
     if t == 1:  # sampling: a view, no permute
         q, k, v = qkv.view(B, 3, H, 1, D // H).unbind(1)  # 3 x (B, H, 1, hd)
+        if rotary is not None:  # queries and keys in one rotation: half the kernel launches
+            q, k = rotate(qkv.view(B, 3, H, 1, D // H)[:, :2], *rotary).unbind(1)
     else:
         q, k, v = qkv.view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
-    if rotary is not None:
-        q, k = rotate(q, *rotary), rotate(k, *rotary)
+        if rotary is not None:
+            q, k = rotate(torch.stack((q, k)), *rotary).unbind(0)
     keys.narrow(2, pos, t).copy_(k)
     values.narrow(2, pos, t).copy_(v)
     y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
