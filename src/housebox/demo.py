@@ -1,7 +1,8 @@
 """`housebox demo`: the whole pipeline on the built-in corpus, on CPU, in minutes.
 
 corpus -> prepare -> train VQ-VAE -> encode -> train top prior and two upsamplers -> sample three tracks
-per artist -> evaluate (does each artist keep its tempo and kick?). Everything lands under one folder; re-running resumes finished stages.
+per artist -> evaluate (does each artist keep its tempo and kick?). Everything lands under one folder;
+re-running skips finished training stages.
 """
 
 from __future__ import annotations

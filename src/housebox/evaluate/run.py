@@ -116,9 +116,9 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
     generated = np.concatenate(generated_features) if generated_features else np.zeros((0, 44))
     distance = frechet_distance(generated, reference_features) if len(generated) > 1 else None
     # a yardstick for the distance: train tracks against held-out tracks, as many per artist as are held out
-    held_per_artist = Counter(r["artist"] for r in held_out)
-    train_rows = [r for artist, count in held_per_artist.items()
-                  for r in [r for r in rows if r["split"] == "train" and r["artist"] == artist][: max(1, count)]]
+    train_rows = []
+    for artist, count in Counter(r["artist"] for r in held_out).items():
+        train_rows += [r for r in rows if r["split"] == "train" and r["artist"] == artist][:count]
     baseline = frechet_distance(np.concatenate([mel_chroma_features(_audio(data_dir, r), sr) for r in train_rows]),
                                 reference_features) if train_rows else None
     report = {

@@ -8,7 +8,7 @@ Read top-down: PriorConfig -> Prior (embed -> transformer -> head).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +54,9 @@ class PriorConfig:
         return self.upper_codebook_size > 0
 
     def transformer(self) -> TransformerConfig:
-        return TransformerConfig(width=self.width, depth=self.depth, heads=self.heads, n_ctx=self.n_ctx,
-                                 attention=self.attention, block_size=self.block_size, dropout=self.dropout,
-                                 rotary=self.rotary)
+        """The transformer's fields that this config also has (a new shared field needs no edit here)."""
+        shared = {f.name for f in fields(TransformerConfig)} & {f.name for f in fields(self)}
+        return TransformerConfig(**{name: getattr(self, name) for name in shared})
 
 
 @dataclass(frozen=True)

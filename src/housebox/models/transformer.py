@@ -333,9 +333,10 @@ def block_step(
     h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
     qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3D)
     if t == 1:  # sampling: a view, no permute
-        q, k, v = qkv.view(B, 3, H, 1, D // H).unbind(1)  # 3 x (B, H, 1, hd)
+        heads = qkv.view(B, 3, H, 1, D // H)  # (B, 3, H, 1, hd)
+        q, k, v = heads.unbind(1)  # 3 x (B, H, 1, hd)
         if rotary is not None:  # queries and keys in one rotation: half the kernel launches
-            q, k = rotate(qkv.view(B, 3, H, 1, D // H)[:, :2], *rotary).unbind(1)
+            q, k = rotate(heads[:, :2], *rotary).unbind(1)
     else:
         q, k, v = qkv.view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
         if rotary is not None:
