@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from housebox.train.checkpoint import load_train_state, load_weights
-from housebox.train.loop import StepOutput, TrainConfig, autocast_settings, lr_at, train
+from housebox.train.loop import (
+    StepOutput,
+    TrainConfig,
+    TrainResult,
+    autocast_settings,
+    lr_at,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = [sys.executable, str(ROOT / "tests" / "toy_train.py")]
@@ -137,3 +144,124 @@ def test_torchrun_two_cpu_processes_stay_identical(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((out / "config.json").read_text())
     assert meta["world_size"] == 2 and meta["ranks_in_sync"] is True and meta["step"] == 12
+
+
+# The validation score falls to 1.5 at step 15, rises for three evaluations (warning at 30), falls to a new best
+# of 1.2 at step 35 and rises again (second warning at 50) while training goes on to step 60.
+SCORES = {5: 3.0, 10: 2.0, 15: 1.5, 20: 1.8, 25: 1.9, 30: 2.5, 35: 1.2, 40: 1.3, 45: 1.4, 50: 1.6, 55: 1.7, 60: 1.8}
+
+
+def train_scripted(out: Path, select: str | None, captured: dict, with_eval: bool = True):
+    """The toy model for 60 steps, evaluated every 5 and checkpointed every 20; `captured[step]` = EMA state."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from toy_train import batch_fn, make_model
+
+    def step_fn(model, batch):
+        return StepOutput(loss=torch.nn.functional.mse_loss(model(batch["x"]), batch["y"]), metrics={})
+
+    def eval_fn(model, step, writer):
+        captured[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"score": SCORES[step], "other": float(step)}
+
+    config = TrainConfig(steps=60, lr=1e-2, warmup_steps=5, checkpoint_every=20, eval_every=5, log_every=5,
+                         ema_decay=0.9, patience=3)
+    return train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=out, config=config, select=select,
+                 describe={"kind": "toy", "model": {}}, eval_fn=eval_fn if with_eval else None, device="cpu",
+                 progress=False)
+
+
+def equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def weights_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        return handle.metadata()
+
+
+def test_select_keeps_the_best_ema_weights_and_warns_once_per_streak(tmp_path, capsys):
+    captured = {}
+    result = train_scripted(tmp_path, "score", captured)
+    assert result.step == 60 and result.best_step == 35
+    assert result.best_metrics == {"score": 1.2, "other": 35.0} and result.last_eval == {"score": 1.8, "other": 60.0}
+    assert result.validation_summary("score", "units") == "validation 1.200 units at step 35 (kept), 1.800 now"
+    saved = load_weights(tmp_path / "model.safetensors")
+    assert equal_states(saved, captured[35])  # the EMA as evaluated at the best step (not a checkpoint step)
+    assert not equal_states(saved, captured[60])
+    assert weights_metadata(tmp_path) == {"step": "35", "kind": "toy", "selected_by": "score", "score": "1.2"}
+    state = load_train_state(tmp_path / "train_state.pt")  # the last state, for --resume
+    assert state["step"] == 60 and equal_states(state["ema"], captured[60])
+    assert state["selection"]["step"] == 35 and state["selection"]["stale"] == 5
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["step"] == 60 and meta["best"] == {"step": 35, "score": 1.2} and meta["train"]["patience"] == 3
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("overfitting")]
+    assert warnings == ["overfitting: best 1.500 score at step 15, now 2.500 at step 30; keeping step 15",
+                        "overfitting: best 1.200 score at step 35, now 1.600 at step 50; keeping step 35"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = [(r["step"], r["best_step"], r["best"], r["value"]) for r in rows if r.get("event") == "overfitting"]
+    assert events == [(30, 15, 1.5, 2.5), (50, 35, 1.2, 1.6)]
+    assert [r["step"] for r in rows if "eval/score" in r] == sorted(SCORES)
+
+
+@pytest.mark.parametrize("select, with_eval", [(None, True), ("score", False)], ids=["no-select", "no-eval-fn"])
+def test_without_selection_the_last_ema_weights_are_kept(tmp_path, capsys, select, with_eval):
+    captured = {}
+    result = train_scripted(tmp_path, select, captured, with_eval=with_eval)
+    state = load_train_state(tmp_path / "train_state.pt")
+    assert equal_states(load_weights(tmp_path / "model.safetensors"), state["ema"])
+    assert weights_metadata(tmp_path)["step"] == "60"
+    assert result.best_step is None and result.best_metrics == {}
+    assert "best" not in json.loads((tmp_path / "config.json").read_text())
+    assert "overfitting" not in capsys.readouterr().out
+    if with_eval:
+        assert equal_states(state["ema"], captured[60])
+        assert result.validation_summary("score", "units") == "validation 1.800 units (last weights kept)"
+    else:
+        assert captured == {} and result.last_eval == {} and result.validation_summary("score", "units") == ""
+
+
+def test_select_must_name_a_result_of_eval_fn(tmp_path):
+    with pytest.raises(ValueError, match="select='bits' is not among eval_fn's results \\(score, other\\)"):
+        train_scripted(tmp_path, "bits", {})
+
+
+def test_sigkill_after_the_best_then_resume_keeps_the_same_best(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    uninterrupted = run_toy(full, "--steps", "30", "--select")
+    assert uninterrupted.returncode == 0 and "best_step=10" in uninterrupted.stdout
+    proc = subprocess.Popen([*TOY, str(killed), "--steps", "30", "--select", "--sleep", "0.05"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(killed, 15, proc)  # the best (step 10) is behind, and one worse evaluation
+    proc.send_signal(signal.SIGKILL)
+    before_kill, _ = proc.communicate()
+    step_at_kill = load_train_state(killed / "train_state.pt")["step"]
+    assert 15 <= step_at_kill < 30
+    resumed = run_toy(killed, "--steps", "30", "--select", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "best_step=10" in resumed.stdout
+    assert same_weights(full, killed)
+    assert weights_metadata(full) == weights_metadata(killed) == {"step": "10", "kind": "toy", "selected_by": "score",
+                                                                  "score": "1.0"}
+    for run in (full, killed):
+        meta = json.loads((run / "config.json").read_text())
+        assert meta["step"] == 30 and meta["best"] == {"step": 10, "score": 1.0}
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if r.get("event") == "overfitting"] == [25]
+    warning = "overfitting: best 1.000 score at step 10, now 16.000 at step 25; keeping step 10"
+    assert uninterrupted.stdout.count(warning) == 1 and (before_kill + resumed.stdout).count(warning) == 1
+
+
+def test_validation_summary_names_the_kept_step():
+    def result(best_step, best, now):
+        return TrainResult(step=50, interrupted=False, last_metrics={"loss": 0.1}, best_step=best_step,
+                           best_metrics={} if best is None else {"bits": best}, last_eval={"bits": now})
+
+    assert result(18, 5.92, 6.25).validation_summary("bits", "bits/token") == \
+        "validation 5.920 bits/token at step 18 (kept), 6.250 now"
+    assert result(50, 5.5, 5.5).validation_summary("bits", "bits/token") == \
+        "validation 5.500 bits/token at step 50 (kept)"
+    assert result(None, None, 6.25).validation_summary("bits", "bits/token") == \
+        "validation 6.250 bits/token (last weights kept)"
+    assert result(None, None, 6.25).validation_summary("loss", "nats") == ""

@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--select", action="store_true", help="keep the best weights by a scripted validation score")
     args = parser.parse_args(argv)
     runtime = init_runtime("cpu")
 
@@ -38,12 +39,15 @@ def main(argv=None) -> int:
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
         return StepOutput(loss=loss, metrics={})
 
+    def eval_fn(model, step, writer):  # falls to its best at step 10, then rises
+        return {"score": abs(step - 10) + 1.0}
+
     config = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, warmup_steps=3,
                          checkpoint_every=args.checkpoint_every, log_every=1, ema_decay=0.9)
     result = train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=args.out, config=config,
                    describe={"kind": "toy", "model": {"width": 32}}, resume=args.resume, runtime=runtime,
-                   progress=False)
-    print(f"finished step={result.step} interrupted={result.interrupted}")
+                   progress=False, eval_fn=eval_fn if args.select else None, select="score" if args.select else None)
+    print(f"finished step={result.step} interrupted={result.interrupted} best_step={result.best_step}")
     shutdown(runtime)
     return 0
 

@@ -67,14 +67,25 @@ def save_spectrograms(
     return path
 
 
-def save_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], log_y: bool = True) -> Path:
-    """One panel per named (x, y) curve: loss curves and evaluation metrics over training steps."""
+def save_curves(
+    path: str | Path,
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    log_y: bool = True,
+    marks: dict[str, tuple[float, float]] | None = None,
+) -> Path:
+    """One panel per named (x, y) curve: loss curves and evaluation metrics over training steps.
+
+    `marks` rings one (x, y) point on the named curves, e.g. the step whose weights were kept."""
     plt = _pyplot()
     path = Path(path)
     n = len(curves)
     fig, axes = plt.subplots(n, 1, figsize=(8, 2.2 * n), squeeze=False)
     for ax, (name, (x, y)) in zip(axes[:, 0], curves.items()):
         ax.plot(x, y, lw=1.2)
+        if marks and name in marks:
+            mx, my = marks[name]
+            ax.plot([mx], [my], "o", ms=8, mfc="none", color="C3", label=f"kept: step {mx:g}")
+            ax.legend(fontsize=7, loc="best")
         positive = len(y) > 0 and min(y) > 0
         if log_y and positive and max(y) / max(min(y), 1e-12) > 20:
             ax.set_yscale("log")

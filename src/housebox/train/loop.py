@@ -6,6 +6,11 @@ cosine annealing to 0, gradient accumulation and clipping, an EMA of the weights
 the EMA ones), autocast, DDP under torchrun, atomic checkpoints every N steps and on SIGINT/SIGTERM,
 exact resumption, metrics.jsonl, TensorBoard and a progress bar.
 
+With `select`, the name of one of eval_fn's results (lower is better), model.safetensors holds the EMA
+weights of the best evaluation so far and is written only when that value improves; train_state.pt
+keeps the last state for --resume. A warning is printed when the value has not improved for `patience`
+evaluations in a row.
+
 Exact resumption works by construction: the global RNG and the data generator are re-seeded at every
 step from (seed, step, rank), so a resumed run draws exactly what the uninterrupted run would have.
 """
@@ -19,7 +24,7 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,13 +60,14 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at every checkpoint
+    patience: int = 3  # evaluations without improvement of the selected metric before warning
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -76,7 +82,21 @@ class StepOutput:
 class TrainResult:
     step: int
     interrupted: bool
-    last_metrics: dict[str, float]
+    last_metrics: dict[str, float]  # training metrics of the last logged step
+    best_step: int | None = None  # step of the kept weights when selecting; None: the last weights are kept
+    best_metrics: dict[str, float] = field(default_factory=dict)  # eval_fn's results at best_step
+    last_eval: dict[str, float] = field(default_factory=dict)  # eval_fn's results at the last evaluation
+
+    def validation_summary(self, metric: str, unit: str) -> str:
+        """`validation 5.920 bits/token at step 1800 (kept), 6.250 now`; '' when `metric` was never evaluated."""
+        if metric not in self.last_eval:
+            return ""
+        now = self.last_eval[metric]
+        if self.best_step is None or metric not in self.best_metrics:
+            return f"validation {now:.3f} {unit} (last weights kept)"
+        best = self.best_metrics[metric]
+        kept = f"validation {best:.3f} {unit} at step {self.best_step} (kept)"
+        return kept if now == best else f"{kept}, {now:.3f} now"
 
 
 StepFn = Callable[[nn.Module, Any], StepOutput]
@@ -149,6 +169,48 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+@dataclass
+class _Best:
+    """Bookkeeping for `select`: the evaluation with the lowest `metric` so far and how many came after it."""
+
+    metric: str
+    patience: int
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # eval_fn's results at `step`
+    stale: int = 0  # evaluations since the best one
+
+    @property
+    def value(self) -> float:
+        return self.metrics.get(self.metric, math.inf)
+
+    def observe(self, step: int, values: dict[str, float]) -> bool:
+        """Record one evaluation; True when it is the new best (NaN never is)."""
+        if self.metric not in values:
+            raise ValueError(f"select={self.metric!r} is not among eval_fn's results ({', '.join(values)})")
+        if values[self.metric] < self.value:
+            self.step, self.metrics, self.stale = step, dict(values), 0
+            return True
+        self.stale += 1
+        return False
+
+    def warning(self, step: int, value: float) -> str | None:
+        """The overfitting warning, once per run of `patience` evaluations without a new best."""
+        if self.step is None or self.stale != self.patience:
+            return None
+        return (f"overfitting: best {self.value:.3f} {self.metric} at step {self.step}, now {value:.3f} "
+                f"at step {step}; keeping step {self.step}")
+
+    def summary(self) -> dict | None:
+        return None if self.step is None else {"step": self.step, self.metric: self.value}
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "step": self.step, "metrics": self.metrics, "stale": self.stale}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state and state.get("metric") == self.metric:  # a run resumed with another metric starts afresh
+            self.step, self.metrics, self.stale = state["step"], dict(state["metrics"]), int(state["stale"])
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         ema_params = [p for p in ema.parameters()]
@@ -195,11 +257,14 @@ def train(
     device: str = "auto",
     runtime: Runtime | None = None,
     progress: bool = True,
+    select: str | None = None,
 ) -> TrainResult:
     """Train `model` for `config.steps` optimiser steps, writing a model directory to `out_dir`.
 
     `describe` (model kind and config, data settings) goes into config.json so the directory can be
     loaded on its own later. With `resume`, training continues exactly from the last checkpoint.
+    With `select` (a key of eval_fn's results, lower is better), the weights kept are those of the best
+    evaluation; without it, or without eval_fn, the last ones.
     """
     runtime = runtime or init_runtime(device)
     out_dir = Path(out_dir)
@@ -218,6 +283,8 @@ def train(
     amp_dtype, needs_scaler = autocast_settings(config.precision, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=needs_scaler)
 
+    best = _Best(select, config.patience) if select and eval_fn is not None else None
+    last_eval: dict[str, float] = {}
     start_step = 0
     if resume and state_path.exists():
         state = load_train_state(state_path, runtime.device)
@@ -230,6 +297,9 @@ def train(
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
+        last_eval = dict(state.get("last_eval") or {})
+        if best is not None:
+            best.load_state_dict(state.get("selection"))
         if runtime.is_main:
             print(f"resuming {out_dir} from step {start_step}")
 
@@ -244,33 +314,58 @@ def train(
     meta = {"format_version": FORMAT_VERSION, "describe": json.loads(json.dumps(describe, default=str)),
             "train": asdict(config), "world_size": runtime.world_size}
 
-    def save(step: int) -> None:
+    def run_config(step: int) -> dict:
+        return {**meta, "step": step, **({"best": best.summary()} if best is not None else {})}
+
+    def save(step: int, improved: bool = False) -> None:
+        """Checkpoint at `step`; the weights file is the last EMA, or with `select` the best one when it improved.
+
+        The weights go first: a kill before train_state.pt is written resumes from the previous checkpoint,
+        which evaluates this step again and rewrites them."""
         if not runtime.is_main:
             return
+        kind = str(describe.get("kind"))
+        if best is None:
+            save_weights(out_dir / WEIGHTS, ema.state_dict(), metadata={"step": str(step), "kind": kind})
+        elif improved:
+            save_weights(out_dir / WEIGHTS, ema.state_dict(), metadata={
+                "step": str(best.step), "kind": kind, "selected_by": best.metric, best.metric: repr(best.value)})
         save_train_state(state_path, {
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if needs_scaler else None,
+            "selection": best.state_dict() if best is not None else None, "last_eval": last_eval,
         })
-        save_weights(out_dir / WEIGHTS, ema.state_dict(), metadata={"step": str(step), "kind": str(describe.get("kind"))})
-        write_json(out_dir / CONFIG, {**meta, "step": step})
+        write_json(out_dir / CONFIG, run_config(step))
         tmp = metrics_path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
         tmp.replace(metrics_path)
-        _plot_history(out_dir / "loss.png", history)
+        kept = (f"eval/{best.metric}", best.step, best.value) if best is not None and best.step is not None else None
+        _plot_history(out_dir / "loss.png", history, kept)
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int) -> bool:
+        """Run eval_fn on the EMA model; True when the selected metric reached a new best."""
+        nonlocal last_eval
         if eval_fn is None or not runtime.is_main:
-            return
+            return False
         ema.eval()
         with torch.no_grad():
-            values = eval_fn(ema, step, writer)
-        row = {"step": step, **{f"eval/{k}": float(v) for k, v in values.items()}}
-        history.append(row)
+            values = {k: float(v) for k, v in eval_fn(ema, step, writer).items()}
+        last_eval = values
+        history.append({"step": step, **{f"eval/{k}": v for k, v in values.items()}})
         if progress:
-            tqdm.write(f"step {step} validation: " + ", ".join(f"{k} {float(v):.4g}" for k, v in values.items()))
+            tqdm.write(f"step {step} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         if writer is not None:
             for k, v in values.items():
-                writer.add_scalar(f"eval/{k}", float(v), step)
+                writer.add_scalar(f"eval/{k}", v, step)
+        if best is None:
+            return False
+        improved = best.observe(step, values)
+        warning = best.warning(step, values[best.metric])
+        if warning:
+            tqdm.write(warning)
+            history.append({"step": step, "event": "overfitting", "metric": best.metric, "best_step": best.step,
+                            "best": best.value, "value": values[best.metric]})
+        return improved
 
     last: dict[str, float] = {}
     step = start_step
@@ -317,12 +412,11 @@ def train(
                         for k, v in last.items():
                             writer.add_scalar(f"train/{k}", v, step)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
-            eval_due = config.eval_every and step % config.eval_every == 0
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                evaluate(step)
-                save(step)
-            elif eval_due:
-                evaluate(step)
+            checkpoint_due = step % config.checkpoint_every == 0 or step == config.steps
+            if checkpoint_due or (config.eval_every and step % config.eval_every == 0):
+                improved = evaluate(step)
+                if checkpoint_due or improved:  # a new best between checkpoints is checkpointed with it
+                    save(step, improved)
             if any_rank(stop.requested, runtime) and step < config.steps:
                 interrupted = True
                 save(step)
@@ -334,10 +428,12 @@ def train(
         writer.close()
     in_sync = ranks_agree(model, runtime)
     if runtime.is_main and runtime.distributed:
-        write_json(out_dir / CONFIG, {**meta, "step": step, "ranks_in_sync": in_sync})
+        write_json(out_dir / CONFIG, {**run_config(step), "ranks_in_sync": in_sync})
     if not in_sync:
         raise RuntimeError("DDP ranks ended with different weights; please report this as a bug")
-    return TrainResult(step=step, interrupted=interrupted, last_metrics=last)
+    return TrainResult(step=step, interrupted=interrupted, last_metrics=last,
+                       best_step=best.step if best is not None else None,
+                       best_metrics=dict(best.metrics) if best is not None else {}, last_eval=last_eval)
 
 
 def state_fingerprint(model: nn.Module) -> Tensor:
@@ -371,7 +467,8 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
-def _plot_history(path: Path, history: list[dict]) -> None:
+def _plot_history(path: Path, history: list[dict], kept: tuple[str, int, float] | None = None) -> None:
+    """Training loss and every eval curve; `kept` = (curve, step, value) rings the step whose weights are kept."""
     from housebox.plots import save_curves
 
     train_rows = [r for r in history if "loss" in r]
@@ -381,4 +478,4 @@ def _plot_history(path: Path, history: list[dict]) -> None:
         rows = [r for r in eval_rows if key in r]
         curves[key] = ([r["step"] for r in rows], [r[key] for r in rows])
     if train_rows:
-        save_curves(path, curves)
+        save_curves(path, curves, marks={kept[0]: (kept[1], kept[2])} if kept and kept[0] in curves else None)

@@ -11,6 +11,8 @@ from housebox.data.dataset import AudioChunks, AudioDataConfig, tracks_for
 from housebox.models.vqvae import VQVAE, VQVAEConfig
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
 
+SELECT = "mean_spectral_convergence_db"  # the validation value that picks the kept weights (lower is better)
+
 
 def vqvae_step(model: torch.nn.Module, batch: torch.Tensor) -> StepOutput:
     out = model(batch)
@@ -22,7 +24,8 @@ def vqvae_step(model: torch.nn.Module, batch: torch.Tensor) -> StepOutput:
 
 
 def make_eval_fn(data_dir: Path, config: VQVAEConfig, multiple: int):
-    """Per-level spectral convergence on fixed validation clips; audio to TensorBoard."""
+    """Per-level spectral convergence on fixed validation clips, and its mean over levels (SELECT);
+    audio to TensorBoard."""
     from housebox.evaluate.vqvae import level_metrics, reconstruct, validation_clips
 
     clips = validation_clips(data_dir, config.sample_rate, seconds=2.0, max_tracks=4, multiple=multiple)
@@ -33,6 +36,8 @@ def make_eval_fn(data_dir: Path, config: VQVAEConfig, multiple: int):
         for report in level_metrics(model, clips, recons, codes):
             results[f"l{report.level}/spectral_convergence_db"] = report.spectral_convergence_db
             results[f"l{report.level}/codes_used_percent"] = report.codes_used_percent
+        levels = [v for k, v in results.items() if k.endswith("/spectral_convergence_db")]
+        results[SELECT] = sum(levels) / len(levels)
         if writer is not None:
             if step == 0 or not getattr(evaluate, "logged_original", False):
                 writer.add_audio("original", clips[0, 0], step, sample_rate=config.sample_rate)
@@ -66,4 +71,4 @@ def train_vqvae(data_dir: str | Path, out_dir: str | Path, preset: dict[str, dic
     }
     return train(model, step_fn=vqvae_step, batch_fn=batches, out_dir=out_dir, config=train_config,
                  describe=describe, eval_fn=make_eval_fn(data_dir, model_config, multiple), resume=resume,
-                 device=device, progress=progress)
+                 device=device, progress=progress, select=SELECT)
