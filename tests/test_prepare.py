@@ -101,7 +101,8 @@ def test_prepare_mixed_folder(tmp_path, is_root, monkeypatch, capsys):
         assert abs(row["bpm"] - 120) < 2  # 120 BPM material
         peak = np.abs(audio.astype(np.float32)).max() / 32767
         assert 0.05 < peak <= 0.99  # loudness-normalised, not clipped
-    assert sum(r["split"] == "valid" for r in rows) >= 1
+    for artist in {r["artist"] for r in rows}:  # every artist contributes validation audio (one track each: a tail)
+        assert all(r["valid_from"] is not None and r["split"] == "train" for r in rows if r["artist"] == artist)
 
     reasons = {os.path.basename(s.path): s.reason for s in report.skipped}
     assert set(reasons) == set(expected)

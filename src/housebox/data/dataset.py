@@ -21,8 +21,23 @@ class AudioDataConfig:
     chunk_seconds: float = 1.0
 
 
+def split_range(row: dict, split: str) -> tuple[float, float] | None:
+    """The seconds (start, end) of a manifest row that belong to `split`, or None when none do.
+
+    A `valid` row is held out whole; a `train` row is training data up to its `valid_from` (when set),
+    and its tail from there on is held out (see data/prepare.py: assign_splits)."""
+    tail = row.get("valid_from")
+    if row["split"] == "valid":
+        return (0.0, row["seconds"]) if split == "valid" else None
+    if split == "train":
+        return (0.0, tail if tail is not None else row["seconds"])
+    return (tail, row["seconds"]) if tail is not None else None
+
+
 def tracks_for(data_dir: str | Path, split: str, sample_rate: int) -> list[dict]:
-    """Manifest rows of one split, checked against the sample rate the model expects."""
+    """Manifest rows with audio in `split`, checked against the sample rate the model expects.
+
+    Each row is a copy with `segment: (start, end)` in seconds: the part of the track in that split."""
     rows = read_manifest(data_dir)
     if not rows:
         raise ValueError(f"{data_dir}: no prepared tracks (run `housebox prepare SRC -o {data_dir}` first)")
@@ -30,12 +45,28 @@ def tracks_for(data_dir: str | Path, split: str, sample_rate: int) -> list[dict]
     if rates != {sample_rate}:
         raise ValueError(f"{data_dir} holds audio at {sorted(rates)} Hz but the model expects {sample_rate} Hz; "
                          f"prepare with --sr {sample_rate} or override the model's sample_rate")
-    chosen = [r for r in rows if r["split"] == split]
-    if not chosen and split == "valid":  # a one-track dataset: validate on the training track
-        chosen = rows
+    chosen = [{**r, "segment": split_range(r, split)} for r in rows if split_range(r, split) is not None]
+    if not chosen and split == "valid":  # a dataset prepared before tails existed, one track: validate on it
+        chosen = [{**r, "segment": (0.0, r["seconds"])} for r in rows]
     if not chosen:
         raise ValueError(f"{data_dir}: no tracks in split {split!r}")
     return chosen
+
+
+def held_out_segments(data_dir: str | Path, sample_rate: int) -> list[tuple[dict, float, float]]:
+    """(row, start s, end s) of every held-out piece: whole validation tracks and held-out tails."""
+    return [(r, *r["segment"]) for r in tracks_for(data_dir, "valid", sample_rate)]
+
+
+def training_segments(data_dir: str | Path, sample_rate: int) -> list[tuple[dict, float, float]]:
+    """(row, start s, end s) of every piece of training audio."""
+    return [(r, *r["segment"]) for r in tracks_for(data_dir, "train", sample_rate)]
+
+
+def _segment_samples(row: dict, rate: float, length: int) -> tuple[int, int]:
+    """The segment of `row` as [first, last) indices of a sequence at `rate` items per second."""
+    start, end = row.get("segment") or (0.0, row["seconds"])
+    return min(length, int(round(start * rate))), min(length, int(round(end * rate)))
 
 
 class AudioChunks:
@@ -46,7 +77,8 @@ class AudioChunks:
         self.rows = rows
         self.batch_size = batch_size
         self.chunk = chunk_samples
-        lengths = np.array([max(1, r["samples"] - chunk_samples + 1) for r in rows], dtype=np.float64)
+        self.bounds = [_segment_samples(r, r["sample_rate"], r["samples"]) for r in rows]
+        lengths = np.array([max(1, hi - lo - chunk_samples + 1) for lo, hi in self.bounds], dtype=np.float64)
         self.weights = torch.tensor(lengths / lengths.sum())
         self._audio: dict[str, np.ndarray] = {}
 
@@ -61,8 +93,9 @@ class AudioChunks:
         batch = np.zeros((self.batch_size, 1, self.chunk), dtype=np.float32)
         for i, (pick, u) in enumerate(zip(picks, starts)):
             audio = self.track(self.rows[pick]["id"])
-            start = int(u * max(0, len(audio) - self.chunk + 1))
-            window = audio[start : start + self.chunk]
+            lo, hi = self.bounds[pick]
+            start = lo + int(u * max(0, hi - lo - self.chunk + 1))
+            window = audio[start : min(hi, start + self.chunk)]
             batch[i, 0, : len(window)] = window / 32768.0
         return torch.from_numpy(batch)
 
@@ -73,12 +106,13 @@ class AudioChunks:
 @dataclass(frozen=True)
 class PriorBatch:
     codes: Tensor  # LongTensor[B x n_ctx]
-    mask: Tensor  # BoolTensor[B x n_ctx]: False where a short track was padded
+    mask: Tensor  # BoolTensor[B x n_ctx]: False where a short track (or segment) was padded
     artist: Tensor  # LongTensor[B]
     genres: Tensor  # LongTensor[B x G], -1 padded
     start: Tensor  # LongTensor[B]: token index of the window in its track
     total: Tensor  # LongTensor[B]: track length in tokens
     upper: Tensor  # LongTensor[B x n_ctx / ratio] (empty [B x 0] for the top level)
+    beats: Tensor  # FloatTensor[B x n_ctx]: beat position of each token (NaN: no beat grid); [B x 0] without a clock
 
 
 def label_ids(row: dict, vocab, max_genres: int) -> tuple[int, list[int]]:
@@ -88,32 +122,63 @@ def label_ids(row: dict, vocab, max_genres: int) -> tuple[int, list[int]]:
     return artist, genres + [-1] * (max_genres - len(genres))
 
 
+def token_beats(grid, first: int, count: int, seconds_per_token: float) -> np.ndarray:
+    """Beat positions float32 `[count]` of tokens first..first+count-1 (NaN everywhere without a grid)."""
+    if grid is None:
+        return np.full(count, np.nan, dtype=np.float32)
+    from housebox.audio.features import beat_positions
+
+    at = (first + np.arange(count)) * seconds_per_token
+    return beat_positions(grid.times, grid.downbeat, at).astype(np.float32)
+
+
 class CodeWindows:
-    """Random windows of `n_ctx` codes at one level, with labels, timing and (for upsamplers) the
-    codes of the level above. A window's start is a multiple of `ratio` so both levels line up."""
+    """Random windows of `n_ctx` codes at one level, with labels, timing, the beat clock and (for
+    upsamplers) the codes of the level above. A window's start is a multiple of `ratio` so both levels
+    line up. Each row's `segment` (see tracks_for) bounds its windows: training never reads a held-out tail.
+
+    Codes and beat grids are read into memory once (they are small): no file stays open per track."""
 
     def __init__(self, data_dir: str | Path, rows: list[dict], level: int, n_ctx: int, batch_size: int, vocab,
-                 max_genres: int, ratio: int = 1, upper: bool = False):
+                 max_genres: int, ratio: int = 1, upper: bool = False, seconds_per_token: float | None = None,
+                 beat_clock: bool = False):
         from housebox.data.codes import load_codes
 
         self.n_ctx, self.batch_size, self.ratio, self.with_upper = n_ctx, batch_size, ratio, upper
-        self.codes = [load_codes(data_dir, r["id"], level) for r in rows]
-        self.upper = [load_codes(data_dir, r["id"], level + 1) for r in rows] if upper else None
+        self.codes = [np.array(load_codes(data_dir, r["id"], level)) for r in rows]
+        self.upper = [np.array(load_codes(data_dir, r["id"], level + 1)) for r in rows] if upper else None
         self.labels = [label_ids(r, vocab, max_genres) for r in rows]
-        lengths = np.array([max(1, len(c) - n_ctx + 1) for c in self.codes], dtype=np.float64)
+        self.seconds_per_token = seconds_per_token
+        self.grids = None
+        if beat_clock:
+            from housebox.data.prepare import load_beats
+
+            if not seconds_per_token:
+                raise ValueError("the beat clock needs seconds_per_token")
+            self.grids = [load_beats(data_dir, r["id"]) for r in rows]
+        self.bounds = []
+        for row, codes in zip(rows, self.codes):
+            rate = len(codes) / row["seconds"] if seconds_per_token is None else 1.0 / seconds_per_token
+            lo, hi = _segment_samples(row, rate, len(codes))
+            self.bounds.append((lo // ratio * ratio, max(hi, lo // ratio * ratio + 1)))
+        lengths = np.array([max(1, hi - lo - n_ctx + 1) for lo, hi in self.bounds], dtype=np.float64)
         self.weights = torch.tensor(lengths / lengths.sum())
 
-    def window(self, index: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(codes [n_ctx], mask [n_ctx], upper [n_ctx / ratio]) of track `index` from token `start`."""
+    def window(self, index: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(codes [n_ctx], mask [n_ctx], upper [n_ctx / ratio], beats [n_ctx] or [0]) of track `index` from `start`."""
+        end = self.bounds[index][1]
         codes = np.zeros(self.n_ctx, dtype=np.int64)
-        piece = self.codes[index][start : start + self.n_ctx]
+        piece = self.codes[index][start : min(end, start + self.n_ctx)]
         codes[: len(piece)] = piece
         mask = np.arange(self.n_ctx) < len(piece)
         upper = np.zeros(self.n_ctx // self.ratio if self.with_upper else 0, dtype=np.int64)
         if self.with_upper:
-            above = self.upper[index][start // self.ratio : start // self.ratio + len(upper)]
+            first = start // self.ratio
+            above = self.upper[index][first : min(first + len(upper), -(-end // self.ratio))]
             upper[: len(above)] = above
-        return codes, mask, upper
+        beats = (token_beats(self.grids[index], start, self.n_ctx, self.seconds_per_token)
+                 if self.grids is not None else np.zeros(0, dtype=np.float32))
+        return codes, mask, upper, beats
 
     def batch(self, picks: list[int], starts: list[int]) -> PriorBatch:
         parts = [self.window(i, s) for i, s in zip(picks, starts)]
@@ -125,23 +190,21 @@ class CodeWindows:
             start=torch.tensor(starts),
             total=torch.tensor([len(self.codes[i]) for i in picks]),
             upper=torch.from_numpy(np.stack([p[2] for p in parts])),
+            beats=torch.from_numpy(np.stack([p[3] for p in parts])),
         )
+
+    def _start(self, index: int, u: float) -> int:
+        lo, hi = self.bounds[index]
+        room = max(0, hi - lo - self.n_ctx)
+        return (lo + int(u * (room + 1))) // self.ratio * self.ratio
 
     def __call__(self, generator: torch.Generator) -> PriorBatch:
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator).tolist()
         draws = torch.rand(self.batch_size, generator=generator, dtype=torch.float64).tolist()
-        starts = []
-        for i, u in zip(picks, draws):
-            room = max(0, len(self.codes[i]) - self.n_ctx)
-            starts.append(int(u * (room + 1)) // self.ratio * self.ratio)
-        return self.batch(picks, starts)
+        return self.batch(picks, [self._start(i, u) for i, u in zip(picks, draws)])
 
     def fixed(self, count: int) -> PriorBatch:
         """A deterministic spread of windows over the tracks (for validation)."""
-        picks, starts = [], []
-        for k in range(count):
-            i = k % len(self.codes)
-            room = max(0, len(self.codes[i]) - self.n_ctx)
-            picks.append(i)
-            starts.append(int(room * ((k // len(self.codes)) * 0.37 % 1.0)) // self.ratio * self.ratio)
+        picks = [k % len(self.codes) for k in range(count)]
+        starts = [self._start(i, (k // len(self.codes)) * 0.37 % 1.0) for k, i in enumerate(picks)]
         return self.batch(picks, starts)
