@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.housebox-installed
 SYSTEM_PACKAGES := espeak-ng chromium
 
-.PHONY: demo test test-fast install system-deps bench clean
+.PHONY: demo test test-fast install system-deps bench realmusic clean
 
 install: $(STAMP)
 
@@ -36,7 +36,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# The real-music development set (Debian's free game music, never committed) and the end-to-end bench on it.
+realmusic: $(STAMP)
+	$(BIN)/python bench/fetch_realmusic.py -o $(HOME)/.cache/housebox/realmusic
+	$(BIN)/python bench/bench_realmusic.py --music $(HOME)/.cache/housebox/realmusic --minutes 40
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info src/*.egg-info

@@ -208,7 +208,7 @@ def test_prime_continue_and_upsample_only(run_dir, demo_data, tmp_path):
     from housebox.generate.pipeline import encode_prime, load_run
 
     primed = np.load(tmp_path / "p" / "codes.npz")
-    expected = encode_prime(load_run(run_dir), tmp_path / "clip.wav", 1.0, 1)
+    expected, _ = encode_prime(load_run(run_dir), tmp_path / "clip.wav", 1.0, 1)
     assert np.array_equal(primed["l2"][0, :7], expected[2][0, :7].numpy())  # 1 s = 7 whole top tokens at hop 128
     assert np.array_equal(primed["l0"][0, :7 * 16], expected[0][0, :7 * 16].numpy())  # primed at every level
     assert main([*base, "--continue", str(tmp_path / "p" / "codes.npz"), "--upsample-only", "--seed", "5",

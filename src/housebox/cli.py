@@ -10,8 +10,16 @@ from pathlib import Path
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from housebox.data.prepare import PrepareSettings, prepare
 
+    sample_rate = args.sr
+    if args.preset:  # the rate the preset's models expect, so `train --preset` finds the data it needs
+        from housebox.config import load_preset
+
+        preset_rate = int(load_preset(args.preset).get("vqvae", {}).get("sample_rate", 44100))
+        if sample_rate is not None and sample_rate != preset_rate:
+            raise ValueError(f"--sr {sample_rate} contradicts --preset {args.preset} ({preset_rate} Hz); give one")
+        sample_rate = preset_rate
     settings = PrepareSettings(
-        sample_rate=args.sr,
+        sample_rate=sample_rate or 44100,
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
         remove_vocals=args.remove_vocals,
@@ -52,11 +60,12 @@ def _preset(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
-    from housebox.train.vqvae import train_vqvae
+    from housebox.train.vqvae import SELECT, train_vqvae
 
     result = train_vqvae(args.data, args.output, _preset(args), resume=args.resume, device=args.device)
     state = "stopped" if result.interrupted else "finished"
-    print(f"{state} at step {result.step}: {args.output}")
+    validation = result.validation_summary(SELECT, "dB mean spectral convergence")
+    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}")
     return 0
 
 
@@ -66,8 +75,26 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     result = train_prior(args.data, args.output, args.level, _preset(args), upsampler=args.kind == "upsampler",
                          resume=args.resume, device=args.device)
     state = "stopped" if result.interrupted else "finished"
-    bits = result.last_metrics.get("bits_per_token")
-    print(f"{state} at step {result.step}" + (f", {bits:.3f} bits/token" if bits else "") + f": {args.output}")
+    validation = result.validation_summary("bits_per_token", "bits/token")
+    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}")
+    return 0
+
+
+def _cmd_train_all(args: argparse.Namespace) -> int:
+    from housebox.train.all import train_all
+
+    if args.minutes is None and not args.steps_from_preset and not args.resume:
+        raise ValueError("train all: give --minutes M (a wall-clock budget) or --steps-from-preset")
+    try:
+        result = train_all(args.data, args.output, _preset(args), minutes=args.minutes, resume=args.resume,
+                           device=args.device)
+    except KeyboardInterrupt:
+        print(f"\nstopped; continue with the same command and --resume ({args.output}/plan.json)")
+        return 130
+    if result.interrupted:
+        return 130
+    print(f"\ntrained {len(result.stages)} models in {result.wall_seconds / 60:.1f} min -> {args.output}; "
+          f"next: housebox sample {args.output} --artist NAME")
     return 0
 
 
@@ -81,6 +108,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
         seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
         prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
+        bpm=args.bpm,
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
@@ -123,9 +151,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, _device(args.device))
     out = Path(args.output or Path(args.run) / "evaluation")
     report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed,
-                          temperature=args.temperature)
+                          temperature=args.temperature, stage_pieces=getattr(args, "stage_pieces", 2))
     print_summary(report)
-    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    print(f"wrote {out / 'evaluation.json'} (held-out and training audio per artist, tempo and key per generated "
+          f"track, distances per artist, the stage table) and {out / 'evaluation.png'}")
     return 0
 
 
@@ -160,11 +189,11 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
 
 
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
+def _add_training_flags(p: argparse.ArgumentParser, output: str = "model directory to write") -> None:
     from housebox.config import preset_names
 
     p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("-o", "--output", required=True, help="model directory to write")
+    p.add_argument("-o", "--output", required=True, help=output)
     p.add_argument("--preset", default="tiny", help=f"{' | '.join(preset_names())} or a YAML path (default tiny)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override one preset field, e.g. vqvae_train.steps=200 (repeatable)")
@@ -184,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Turn a folder of audio files into a housebox dataset (incremental).")
     p.add_argument("src", help="folder of audio files (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="dataset folder to create or extend")
-    p.add_argument("--sr", type=int, default=44100, help="sample rate of the dataset (default 44100)")
+    p.add_argument("--sr", type=int, help="sample rate of the dataset (default: the --preset's, else 44100)")
+    p.add_argument("--preset", help="prepare at the sample rate of this preset's models (tiny 16 kHz, small "
+                                    "22.05 kHz, jukebox 44.1 kHz)")
     p.add_argument("--labels", help="CSV with columns path,artist,genre (overrides tags and folder names)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="skip tracks shorter than this (default 2)")
     p.add_argument("--max-seconds", type=float, default=1800.0, help="skip tracks longer than this (default 1800)")
@@ -204,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr", type=int, default=22050, help="sample rate of the files (default 22050)")
     p.set_defaults(func=_cmd_make_demo_corpus)
 
-    p = verbs.add_parser("train", help="train vqvae | prior | upsampler through the shared loop (torchrun for several GPUs)",
+    p = verbs.add_parser("train", help="train vqvae | prior | upsampler | all through the shared loop (torchrun for several GPUs)",
                          description="Train one model. Under torchrun every process trains a shard (DDP).")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="MODEL")
     k = kinds.add_parser("vqvae", help="the hierarchical VQ-VAE", description="Train the hierarchical VQ-VAE.")
@@ -217,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_training_flags(k)
         k.add_argument("--level", type=int, required=True, help="VQ-VAE level (top prior: 2; upsamplers: 1 and 0)")
         k.set_defaults(func=_cmd_train_prior)
+
+    k = kinds.add_parser("all", help="every model in order: VQ-VAE, code cache, top prior, upsamplers",
+                         description="Train the whole stack into one run folder, within a wall-clock budget "
+                                     "(each stage's steps set from its measured step time) or with the preset's steps.")
+    _add_training_flags(k, output="run folder to write (a model directory per stage, and plan.json)")
+    k.set_defaults(func=_cmd_train_all)
+    budget = k.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-clock budget for all stages together")
+    budget.add_argument("--steps-from-preset", action="store_true", help="use each stage's steps from the preset")
 
     p = verbs.add_parser("sample", help="generate tracks from a trained run",
                          description="Sample top-level codes, upsample level by level and decode to wav.")
@@ -237,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
+    p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "
+                                             "own beat grid, else the artist's median tempo)")
     _add_device_flag(p)
     p.add_argument("--check", action="store_true",
                    help="check the samples' originality against the run's training data (see `housebox check`)")
@@ -279,9 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_encode)
 
     p = verbs.add_parser("evaluate", help="reconstruction, bits/token and statistics of generated music",
-                         description="Evaluate a run: VQ-VAE per level, priors' validation bits/token, and tracks "
+                         description="Evaluate a run: VQ-VAE per level, priors' validation bits/token, tracks "
                                      "generated per artist against held-out audio (tempo, key, loudness, "
-                                     "centroid, kick periodicity, Fréchet mel+chroma distance).")
+                                     "centroid, kick periodicity, Fréchet and kernel mel+chroma distances), and "
+                                     "a stage table: where between held-out audio, VQ-VAE, upsamplers and full "
+                                     "generation the beat and the distance are lost.")
     p.add_argument("run", help="run folder")
     p.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
     p.add_argument("-o", "--output", help="report folder (default RUN/evaluation)")
@@ -291,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="seed for generation (default 1000)")
     p.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95, as the "
                                                                     "demo)")
+    p.add_argument("--stage-pieces", type=int, default=2, help="held-out pieces per artist put through each "
+                                                                 "stage of the stage table (default 2)")
     _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -1,8 +1,8 @@
 """`housebox demo`: the whole pipeline on the built-in corpus, on CPU, in minutes.
 
-corpus -> prepare -> train VQ-VAE -> encode -> train top prior and two upsamplers -> sample three tracks
+corpus -> prepare -> `train all` (VQ-VAE, code cache, top prior, two upsamplers) -> sample three tracks
 per artist -> evaluate (does each artist keep its tempo and kick?). Everything lands under one folder;
-re-running skips finished training stages.
+re-running continues where the last run stopped.
 """
 
 from __future__ import annotations
@@ -50,21 +50,13 @@ def _stage(number: int, total: int, text: str) -> None:
     print(f"\n[{number}/{total}] {text}  (at {elapsed / 60:.1f} min)", flush=True)
 
 
-def _done(model_dir: Path, steps: int) -> bool:
-    from housebox.train.checkpoint import read_config
-
-    return (model_dir / "config.json").exists() and read_config(model_dir).get("step", 0) >= steps
-
-
 def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto") -> dict:
-    from housebox.data.codes import encode_dataset
     from housebox.data.demo_corpus import make_demo_corpus
     from housebox.data.prepare import PrepareSettings, prepare
     from housebox.evaluate.run import evaluate_run, print_summary
     from housebox.generate.pipeline import load_run
     from housebox.train.distributed import pick_device
-    from housebox.train.prior import train_prior
-    from housebox.train.vqvae import train_vqvae
+    from housebox.train.all import train_all
 
     plan = QUICK if quick else FULL
     started = _STARTED[0] = time.time()
@@ -78,33 +70,26 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
         f"vqvae_train.seed={seed}", f"prior_train.seed={seed}", f"upsampler_train.seed={seed}",
     ])
     sample_rate = preset["vqvae"]["sample_rate"]
-    total = 7
+    total = 5
 
     _stage(1, total, f"rendering {plan.minutes:g} min of built-in house music into {corpus}")
     info = make_demo_corpus(corpus, minutes=plan.minutes, seed=seed, sample_rate=22050)
     _stage(2, total, f"preparing {len(info.tracks)} tracks at {sample_rate} Hz into {data}")
     prepare(corpus, data, PrepareSettings(sample_rate=sample_rate, seed=seed), labels_csv=info.labels_csv)
 
-    _stage(3, total, f"training the VQ-VAE ({plan.vqvae_steps} steps) into {run / 'vqvae'}")
-    if not _done(run / "vqvae", plan.vqvae_steps):
-        train_vqvae(data, run / "vqvae", preset, resume=True, device=device)
-    _stage(4, total, "encoding the dataset into codes")
-    encode_dataset(data, run / "vqvae", device="cpu")
-
-    _stage(5, total, f"training the top-level prior ({plan.prior_steps} steps) and two upsamplers "
+    _stage(3, total, f"training every model with `train all` into {run}: the VQ-VAE ({plan.vqvae_steps} steps), "
+                     f"the code cache, the top prior ({plan.prior_steps} steps) and two upsamplers "
                      f"({plan.upsampler_steps} steps each)")
-    for level, steps, upsampler, name in ((2, plan.prior_steps, False, "prior_l2"),
-                                          (1, plan.upsampler_steps, True, "up_l1"),
-                                          (0, plan.upsampler_steps, True, "up_l0")):
-        if not _done(run / name, steps):
-            train_prior(data, run / name, level, preset, upsampler=upsampler, resume=True, device=device)
+    result = train_all(data, run, preset, minutes=None, resume=True, device=device)
+    if result.interrupted:
+        raise KeyboardInterrupt
 
     tracks = "one" if plan.per_artist == 1 else str(plan.per_artist)
-    _stage(6, total, f"sampling {tracks} {plan.seconds:g}-second track(s) per artist, then evaluating")
+    _stage(4, total, f"sampling {tracks} {plan.seconds:g}-second track(s) per artist, then evaluating")
     loaded = load_run(run, "cpu")
     report = evaluate_run(loaded, data, out / "evaluation", seconds=plan.seconds, per_artist=plan.per_artist,
                           seed=seed + 1000, temperature=plan.temperature)
-    _stage(7, total, "summary")
+    _stage(5, total, "summary")
     print_summary(report)
     minutes = (time.time() - started) / 60
     print(f"\ndemo finished in {minutes:.1f} min. Listen: open {out / 'evaluation' / 'samples'}/*/index.html")

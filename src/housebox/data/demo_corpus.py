@@ -371,6 +371,22 @@ def _sidechain(style: ArtistStyle, n: int, sample_rate: int) -> np.ndarray:
     return 1.0 - style.sidechain_depth * np.exp(-since_beat / 0.09)
 
 
+def beat_times(style: ArtistStyle, seconds: float, sample_rate: int) -> np.ndarray:
+    """True beat times float64 `[N]` in seconds of a track rendered by `render_track(style, seconds, sample_rate, ...)`.
+
+    A beat is a kick: beat b of bar k starts at `_Grid.sample(k, 4 * b)` (a whole sample; swing moves
+    odd sixteenths only). Every fourth beat from index 0 is a downbeat. Beats from the end of the
+    track on are left out; the rendered audio does not depend on this function.
+    """
+    if seconds <= 0:
+        raise DemoCorpusError(f"seconds must be positive, got {seconds}")
+    grid = _Grid(style.bpm, sample_rate, style.swing)
+    n = int(round(seconds * sample_rate))
+    bars = int(np.ceil(seconds / (STEPS_PER_BAR * grid.step_s)))
+    starts = np.array([grid.sample(bar, 4 * beat) for bar in range(bars) for beat in range(4)])  # (4 * bars,)
+    return starts[starts < n] / float(sample_rate)
+
+
 def render_track(style: ArtistStyle, seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     """One track in `style`: float32 `[2 x round(seconds * sample_rate)]`, peak at -1 dBFS.
 

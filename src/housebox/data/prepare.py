@@ -2,9 +2,10 @@
 
 For every audio file under the source folder: hash it (sha256; a file already in the dataset is not
 redone), decode, optionally remove vocals, downmix to mono, resample, loudness-normalise, estimate
-tempo and key, and write `audio/<id>.npy` (int16, memory-mappable). The manifest gains one JSON line
-per track as soon as its audio is on disk, so a killed run loses nothing; files that cannot be used are
-skipped with a one-line reason on the console and in `report.json`.
+tempo, key and the beat grid, and write `audio/<id>.npy` (int16, memory-mappable) and `beats/<id>.npy`
+(float32 beat times in seconds; the manifest row holds their count and the downbeat). The manifest
+gains one JSON line per track as soon as its audio is on disk, so a killed run loses nothing; files
+that cannot be used are skipped with a one-line reason on the console and in `report.json`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from housebox.audio.features import BeatGrid
 from housebox.audio.io import AUDIO_EXTENSIONS, AudioError, load_audio, loudness_lufs, normalize_loudness, probe
 from housebox.data.labels import UNKNOWN, LabelCsv, Vocabulary, resolve_labels
 
 MANIFEST = "manifest.jsonl"
 LABELS = "labels.json"
 REPORT = "report.json"
+BEATS = "beats"  # beats/<id>.npy: float32 [N] beat times in seconds
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class PrepareSettings:
     remove_vocals: str = "none"  # none | center | repet | demucs
     target_lufs: float = -16.0
     valid_fraction: float = 0.1
+    whole_track_split_from: int = 4  # artists with fewer tracks hold out the tail of each track instead
     seed: int = 0
     silence_peak: float = 1e-4  # a file whose peak stays below this is "all silent"
 
@@ -53,6 +59,7 @@ class PrepareReport:
     prepared: list[str] = field(default_factory=list)  # ids added by this run
     already_present: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    no_beat_grid: list[Skipped] = field(default_factory=list)  # prepared, but beat tracking failed (beats: 0)
     ignored: list[str] = field(default_factory=list)  # files without an audio extension
     tracks: int = 0
     seconds: float = 0.0
@@ -92,6 +99,28 @@ def load_track(data_dir: str | Path, track_id: str) -> np.ndarray:
     return np.load(Path(data_dir) / "audio" / f"{track_id}.npy", mmap_mode="r")
 
 
+def load_beats(data_dir: str | Path, track_id: str) -> BeatGrid | None:
+    """The beat grid of one track: times float64 `[N]` from `beats/<id>.npy`, the downbeat from its
+    manifest row. None when the file is missing or the row has no grid (`beats` absent or 0)."""
+    data_dir = Path(data_dir)
+    path = data_dir / BEATS / f"{track_id}.npy"
+    manifest = data_dir / MANIFEST
+    if not path.exists() or not manifest.exists():
+        return None
+    stat = manifest.stat()
+    row = _rows_by_id(str(manifest), stat.st_mtime_ns, stat.st_size).get(track_id)
+    if row is None or not row.get("beats"):
+        return None
+    times = np.load(path).astype(np.float64)
+    return BeatGrid(times, int(row["downbeat"]), float(60.0 / np.median(np.diff(times))))
+
+
+@lru_cache(maxsize=4)
+def _rows_by_id(manifest: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """Manifest rows by id, read once per version of the file (mtime and size key the cache)."""
+    return {row["id"]: row for row in read_manifest(Path(manifest).parent)}
+
+
 # ---- one file -------------------------------------------------------------------------------
 
 
@@ -108,10 +137,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _split_of(track_id: str, settings: PrepareSettings) -> str:
-    """Seeded, per-track and stable: a track's split never changes when the dataset grows."""
-    draw = int(hashlib.sha256(f"{settings.seed}:{track_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "valid" if draw < settings.valid_fraction else "train"
+def _draw(track_id: str, settings: PrepareSettings) -> float:
+    """A seeded, per-track number in [0, 1]: stable when the dataset grows."""
+    return int(hashlib.sha256(f"{settings.seed}:{track_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
 def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettings, known: frozenset[str],
@@ -159,6 +187,7 @@ def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettin
     os.replace(tmp, out)
     labels = resolve_labels(file, root, table)
     bpm, key = _tempo_and_key(mono[0], settings.sample_rate)
+    grid = _beat_grid(pcm, settings.sample_rate, bpm, data_dir, track_id)
     return {
         "id": track_id,
         "path": str(file.resolve()),
@@ -175,7 +204,8 @@ def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettin
         "vocals_removed": settings.remove_vocals,
         "bpm": bpm,
         "key": key,
-        "split": _split_of(track_id, settings),
+        **grid,
+        "split": "train",  # assign_splits decides, once every track of the artist is known
     }
 
 
@@ -187,6 +217,56 @@ def _tempo_and_key(mono: np.ndarray, sample_rate: int) -> tuple[float | None, st
         return round(float(estimate_tempo(clip, sample_rate)), 2), estimate_key(clip, sample_rate)
     except ValueError:
         return None, None
+
+
+def _beat_grid(pcm: np.ndarray, sample_rate: int, bpm: float | None, data_dir: Path, track_id: str) -> dict:
+    """Track the beats of a track's int16 audio `[T]` (as stored, so a grid computed later from the
+    file is the same) near `bpm`, write `beats/<id>.npy` atomically (float32 seconds) and return the
+    manifest fields: {"beats": N, "downbeat": k}, or when tracking fails
+    {"beats": 0, "downbeat": None, "beats_error": reason} and no file."""
+    from housebox.audio.features import FeatureError, track_beats
+
+    out = data_dir / BEATS / f"{track_id}.npy"
+    try:
+        grid = track_beats(pcm.astype(np.float32) / 32767.0, sample_rate, bpm=bpm)
+    except FeatureError as err:
+        out.unlink(missing_ok=True)
+        return {"beats": 0, "downbeat": None, "beats_error": str(err)}
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_name(f".{track_id}.{os.getpid()}.tmp.npy")
+    np.save(tmp, grid.times.astype(np.float32))
+    os.replace(tmp, out)
+    return {"beats": int(grid.times.size), "downbeat": grid.downbeat}
+
+
+def _stored_beat_grid(data_dir: Path, row: dict) -> dict:
+    """`_beat_grid` of a track already in the dataset, from its stored audio."""
+    return _beat_grid(load_track(data_dir, row["id"]), row["sample_rate"], row.get("bpm"), data_dir, row["id"])
+
+
+def backfill_beat_grids(data_dir: Path, rows: list[dict], report: PrepareReport, workers: int = 1,
+                        progress: bool = True) -> None:
+    """Give every row without a `beats` field (prepared before beat grids) its grid, from the stored
+    audio, saving the manifest every 30 s so a killed run keeps what it did; then report each track
+    of this run whose beat tracking failed (kept with beats: 0)."""
+    missing = [r for r in rows if "beats" not in r]
+    bar = tqdm(total=len(missing), desc="beat grid", unit="track", disable=not progress or not missing,
+               dynamic_ncols=True)
+    saved = time.time()
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(missing) > 1 else nullcontext() as pool:
+        grids = (pool.map if pool else map)(_stored_beat_grid, [data_dir] * len(missing), missing)
+        for row, fields in zip(missing, grids):
+            row.update(fields)
+            bar.update()
+            if time.time() - saved > 30.0:
+                _rewrite_manifest(data_dir, rows)
+                saved = time.time()
+    bar.close()
+    checked = set(report.prepared) | {r["id"] for r in missing}
+    for row in rows:
+        if row["id"] in checked and row["beats"] == 0:
+            report.no_beat_grid.append(Skipped(row["path"], row.get("beats_error", "beat tracking failed")))
+            tqdm.write(f"no beat grid for {row['path']}: {row.get('beats_error', 'beat tracking failed')}")
 
 
 # ---- the folder -----------------------------------------------------------------------------
@@ -250,7 +330,8 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
                     bar.update()
     bar.close()
 
-    rows = _ensure_validation_track(rows, report.prepared)
+    backfill_beat_grids(data_dir, rows, report, workers, progress)
+    rows = assign_splits(rows, settings)
     _rewrite_manifest(data_dir, rows)
     vocab = Vocabulary.load(data_dir / LABELS)
     vocab = vocab.extended([r["artist"] for r in rows], [g for r in rows for g in r["genres"]])
@@ -262,13 +343,30 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
     return report
 
 
-def _ensure_validation_track(rows: list[dict], new_ids: list[str]) -> list[dict]:
-    """Small datasets can draw no validation track at all: then move one newly added track there."""
-    if len(rows) < 2 or any(r["split"] == "valid" for r in rows):
-        return rows
-    candidates = [r for r in rows if r["id"] in set(new_ids)]
-    if candidates:
-        min(candidates, key=lambda r: r["sha256"])["split"] = "valid"
+def assign_splits(rows: list[dict], settings: PrepareSettings) -> list[dict]:
+    """Every artist contributes validation data, and no audio is in both splits.
+
+    - An artist with at least `whole_track_split_from` tracks holds out whole tracks: those whose seeded
+      draw falls below `valid_fraction`, at least one. Validation then hears tracks the model never saw.
+    - An artist with fewer tracks would lose a third or half of its music that way; instead the tail of
+      each of its tracks is held out (`valid_fraction` of it, at least min(20 s, a quarter of the track)):
+      the row stays `split: train` and `valid_from` says, in seconds, where the held-out tail begins.
+    Decided again on every run from the tracks present, so an artist that grows moves to whole tracks.
+    """
+    by_artist: dict[str, list[dict]] = {}
+    for row in rows:
+        by_artist.setdefault(row["artist"], []).append(row)
+    for tracks in by_artist.values():
+        for row in tracks:
+            row["split"], row["valid_from"] = "train", None
+        if len(tracks) >= settings.whole_track_split_from:
+            held = [r for r in tracks if _draw(r["id"], settings) < settings.valid_fraction]
+            for row in held or [min(tracks, key=lambda r: _draw(r["id"], settings))]:
+                row["split"] = "valid"
+        else:
+            for row in tracks:
+                tail = max(settings.valid_fraction * row["seconds"], min(20.0, 0.25 * row["seconds"]))
+                row["valid_from"] = round(row["seconds"] - tail, 3)
     return rows
 
 
@@ -283,4 +381,4 @@ def vocabulary(data_dir: str | Path) -> Vocabulary:
     return Vocabulary.load(Path(data_dir) / LABELS)
 
 
-__all__ = ["PrepareSettings", "prepare", "read_manifest", "load_track", "vocabulary", "UNKNOWN"]
+__all__ = ["PrepareSettings", "prepare", "read_manifest", "load_track", "load_beats", "vocabulary", "UNKNOWN"]

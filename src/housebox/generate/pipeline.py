@@ -43,6 +43,7 @@ class SampleSettings:
     prime_seconds: float = 4.0
     continue_codes: str | None = None  # codes.npz whose top-level codes are continued
     upsample_only: bool = False  # take the top-level codes of continue_codes as they are
+    bpm: float | None = None  # tempo of the beat clock; None: the prime's beat grid, else the artist's median tempo
 
 
 @dataclass
@@ -54,6 +55,12 @@ class Run:
     prior_dirs: dict[int, Path]
     artists: tuple[str, ...]
     genres: tuple[str, ...]
+    artist_bpm: dict[str, float] = field(default_factory=dict)  # median track tempo per artist, from training
+
+    @property
+    def clocked(self) -> bool:
+        """Whether any of the run's priors runs a beat clock."""
+        return any(p.config.beat_clock for p in self.priors.values())
 
     @property
     def top(self) -> int:
@@ -68,6 +75,7 @@ class Generation:
     lowest_level: int
     tokens_per_second: dict[int, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    clock_bpm: list[float] | None = None  # the tempo each sample's beat clock ran at (None: no clock)
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
@@ -89,9 +97,11 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     top = vqvae.config.levels - 1
     if top not in priors:
         raise ValueError(f"{root}: no top-level prior (level {top}); train one with `housebox train prior --level {top}`")
-    vocabulary = read_config(prior_dirs[top])["describe"]["vocabulary"]
+    describe = read_config(prior_dirs[top])["describe"]
+    vocabulary = describe["vocabulary"]
     return Run(root=root, vqvae=vqvae, vqvae_dir=vqvae_dir, priors=priors, prior_dirs=prior_dirs,
-               artists=tuple(vocabulary["artists"]), genres=tuple(vocabulary["genres"]))
+               artists=tuple(vocabulary["artists"]), genres=tuple(vocabulary["genres"]),
+               artist_bpm=dict(describe.get("artist_bpm") or {}))
 
 
 def labels_for(run: Run, artist: str | None, genres: tuple[str, ...], n: int) -> Labels:
@@ -111,12 +121,45 @@ def labels_for(run: Run, artist: str | None, genres: tuple[str, ...], n: int) ->
                   genres=torch.tensor([ids] * n, dtype=torch.long, device=device))
 
 
+def clock_grids(run: Run, settings: SampleSettings, prime_grid=None) -> list | None:
+    """The beat grid each sample's clock follows (one per sample), or None when no prior has a clock.
+
+    `--bpm` wins; else a prime's own grid (extrapolated at its tempo past the clip); else the artist's
+    median training tempo, with a downbeat at 0 s."""
+    if not run.clocked:
+        return None
+    from housebox.audio.features import steady_beats
+
+    if settings.bpm is None and prime_grid is not None:
+        return [prime_grid] * settings.n
+    bpm = settings.bpm or run.artist_bpm.get(settings.artist or "unknown")
+    if bpm is None:
+        known = list(run.artist_bpm.values())
+        bpm = float(np.median(known)) if known else 120.0
+    if not 20.0 <= bpm <= 400.0:
+        raise ValueError(f"--bpm {bpm:g}: expected a tempo between 20 and 400 BPM")
+    return [steady_beats(bpm, settings.seconds + 60.0)] * settings.n
+
+
+def level_beats(run: Run, grids: list | None, level: int, n_tokens: int) -> Tensor | None:
+    """Beat positions FloatTensor[n x n_tokens] of every token at `level` (None without a clock)."""
+    from housebox.data.dataset import token_beats
+
+    if grids is None or not run.priors[level].config.beat_clock:
+        return None
+    seconds_per_token = run.vqvae.config.hops[level] / run.vqvae.config.sample_rate
+    rows = [token_beats(grid, 0, n_tokens, seconds_per_token) for grid in grids]
+    return torch.from_numpy(np.stack(rows))
+
+
 def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings: SampleSettings,
-             generator: torch.Generator, prime: Tensor | None = None, progress: bool = True) -> Tensor:
+             generator: torch.Generator, prime: Tensor | None = None, progress: bool = True,
+             grids: list | None = None) -> Tensor:
     """Codes at `level` from the codes of `level + 1`: LongTensor[n x N] -> LongTensor[n x N * ratio]."""
     prior = run.priors[level]
     n_tokens = codes_above.shape[1] * prior.config.upper_ratio
     return sample_codes(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
+                        beats=level_beats(run, grids, level, n_tokens),
                         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                         cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction, generator=generator,
                         progress=progress, desc=f"level {level}")
@@ -137,8 +180,9 @@ def decode(vqvae: VQVAE, codes: Tensor, level: int, window_seconds: float = 20.0
     return np.clip(np.concatenate(pieces, axis=1), -1.0, 1.0)
 
 
-def encode_prime(run: Run, path: str | Path, seconds: float, n: int) -> dict[int, Tensor]:
-    """A clip's codes at every level, for priming: level -> LongTensor[n x P_level]."""
+def encode_prime(run: Run, path: str | Path, seconds: float, n: int) -> tuple[dict[int, Tensor], object]:
+    """A clip's codes at every level, for priming (level -> LongTensor[n x P_level]), and its beat grid
+    (None when it has too few beats to track, or no prior has a beat clock)."""
     from housebox.audio.io import load_audio, normalize_loudness
 
     config = run.vqvae.config
@@ -151,7 +195,15 @@ def encode_prime(run: Run, path: str | Path, seconds: float, n: int) -> dict[int
     device = next(run.vqvae.parameters()).device
     clip = torch.from_numpy(audio[:, :length]).to(device)[None]  # (1, 1, T)
     codes = run.vqvae.encode(clip)
-    return {level: c.expand(n, -1).clone() for level, c in enumerate(codes)}
+    grid = None
+    if run.clocked:
+        from housebox.audio.features import FeatureError, track_beats
+
+        try:
+            grid = track_beats(audio[0, :length], config.sample_rate)
+        except FeatureError:
+            pass
+    return {level: c.expand(n, -1).clone() for level, c in enumerate(codes)}, grid
 
 
 def load_codes_file(path: str | Path, n: int) -> dict[int, Tensor]:
@@ -162,8 +214,13 @@ def load_codes_file(path: str | Path, n: int) -> dict[int, Tensor]:
     return {lv: c if c.shape[0] == n else c[:1].expand(n, -1).clone() for lv, c in levels.items()}
 
 
-def generate(run: Run, settings: SampleSettings, progress: bool = True) -> Generation:
-    """Sample `settings.n` tracks: top-level codes, then upsampling down to the lowest level, then audio."""
+def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_codes: Tensor | None = None,
+             beats: list | None = None) -> Generation:
+    """Sample `settings.n` tracks: top-level codes, then upsampling down to the lowest level, then audio.
+
+    `top_codes` LongTensor[n x N] replaces the top level's sampling: the upsamplers fill the finer levels
+    from those codes (evaluation upsamples true codes this way). `beats` (one BeatGrid per sample) sets
+    the beat clock; by default it runs at `settings.bpm` or the artist's median tempo."""
     started = time.time()
     config = run.vqvae.config
     device = next(run.vqvae.parameters()).device
@@ -178,34 +235,41 @@ def generate(run: Run, settings: SampleSettings, progress: bool = True) -> Gener
         raise ValueError(f"{run.root}: no model for level(s) {missing}; train `housebox train upsampler --level N`")
     n_top = max(1, round(settings.seconds * config.tokens_per_second(top)))
     primes: dict[int, Tensor] = {}
+    prime_grid = None
     if settings.prime:
-        primes = encode_prime(run, settings.prime, settings.prime_seconds, settings.n)
+        primes, prime_grid = encode_prime(run, settings.prime, settings.prime_seconds, settings.n)
     if settings.continue_codes:
         primes = load_codes_file(settings.continue_codes, settings.n)
     primes = {lv: c.to(device) for lv, c in primes.items()}
+    grids = beats if beats is not None else clock_grids(run, settings, prime_grid)
 
     codes: dict[int, Tensor] = {}
     rates: dict[int, float] = {}
     for level in levels:
         tick = time.time()
         if level == top:
+            if top_codes is not None:
+                codes[top] = top_codes.to(device)
+                continue
             if settings.upsample_only:
                 if top not in primes:
                     raise ValueError("--upsample-only needs --continue codes.npz with top-level codes")
                 codes[top] = primes[top]
                 continue
             codes[top] = sample_codes(run.priors[top], n_tokens=n_top, labels=labels, prime=primes.get(top),
+                                      beats=level_beats(run, grids, top, n_top),
                                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                                       cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction,
                                       generator=generator, progress=progress, desc=f"level {top}")
         else:
             prime = primes.get(level) if not settings.upsample_only else None
-            codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress)
+            codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress, grids)
         rates[level] = codes[level].numel() / max(1e-9, time.time() - tick)
     lowest = levels[-1]
     audio = decode(run.vqvae, codes[lowest], lowest)
     return Generation(codes=codes, audio=audio, sample_rate=config.sample_rate, lowest_level=lowest,
-                      tokens_per_second=rates, wall_seconds=time.time() - started)
+                      tokens_per_second=rates, wall_seconds=time.time() - started,
+                      clock_bpm=[round(g.bpm, 2) for g in grids] if grids else None)
 
 
 def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleSettings, run: Run) -> list[Path]:
@@ -238,6 +302,7 @@ def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleS
         "decoded_from_level": generation.lowest_level,
         "tokens_per_second": {f"level_{k}": round(v, 1) for k, v in generation.tokens_per_second.items()},
         "wall_seconds": round(generation.wall_seconds, 2),
+        "beat_clock_bpm": generation.clock_bpm,
         "realtime_factor": round(seconds * len(wavs) / max(1e-9, generation.wall_seconds), 4),
         "models": models,
     }

@@ -42,9 +42,15 @@ def draw(logits: Tensor, uniform: Tensor) -> Tensor:
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
-def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: Tensor | None, prior: Prior) -> Conditioning:
+def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: Tensor | None, prior: Prior,
+                         beats: Tensor | None = None) -> Conditioning:
     b = labels.artist.shape[0]
     device = labels.artist.device
+    window_beats = None
+    if beats is not None:  # positions past the end of the track stay NaN (never drawn)
+        window_beats = torch.full((b, prior.config.n_ctx), float("nan"), device=device)
+        piece = beats[:, start : start + prior.config.n_ctx]
+        window_beats[:, : piece.shape[1]] = piece
     window_upper = None
     if upper is not None:
         ratio, n = prior.config.upper_ratio, prior.config.n_ctx // prior.config.upper_ratio
@@ -52,7 +58,8 @@ def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: T
         piece = upper[:, start // ratio : start // ratio + n]
         window_upper[:, : piece.shape[1]] = piece
     return Conditioning(labels=labels, start=torch.full((b,), start, device=device),
-                        total_tokens=torch.full((b,), total_tokens, device=device), upper=window_upper)
+                        total_tokens=torch.full((b,), total_tokens, device=device), upper=window_upper,
+                        beats=window_beats)
 
 
 @contextmanager
@@ -85,6 +92,7 @@ def _sample_codes(
     total_tokens: int | None = None,
     prime: Tensor | None = None,
     upper: Tensor | None = None,
+    beats: Tensor | None = None,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -97,7 +105,8 @@ def _sample_codes(
     """Codes LongTensor[B x n_tokens] from `prior`, window by window.
 
     `prime` LongTensor[B x P] fixes the first P codes (priming / continuation); `upper` LongTensor[B x
-    n_tokens / ratio] conditions an upsampler. Beyond n_ctx, each new window starts `hop_fraction *
+    n_tokens / ratio] conditions an upsampler; `beats` FloatTensor[B x n_tokens] gives each token's beat
+    position for a prior with a beat clock (None: the clock is unknown). Beyond n_ctx, each new window starts `hop_fraction *
     n_ctx` tokens after the last and keeps the rest of the previous window as its context.
     `cfg_scale` > 1 applies classifier-free guidance against the label-dropped model.
     """
@@ -107,6 +116,8 @@ def _sample_codes(
     total_tokens = total_tokens or n_tokens
     if config.is_upsampler and upper is None:
         raise ValueError("an upsampler needs the codes of the level above")
+    if beats is not None:
+        beats = beats.to(device)
     codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
     known = 0
     if prime is not None:
@@ -119,6 +130,7 @@ def _sample_codes(
         run_labels = Labels(artist=torch.cat([labels.artist, dropped.artist]),
                             genres=torch.cat([labels.genres, dropped.genres]))
         upper = torch.cat([upper, upper]) if upper is not None else None
+        beats = torch.cat([beats, beats]) if beats is not None else None
     step = max(config.upper_ratio, int(config.n_ctx * hop_fraction) // config.upper_ratio * config.upper_ratio)
     generator = generator or torch.Generator().manual_seed(0)
     bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
@@ -128,7 +140,7 @@ def _sample_codes(
         while known - start >= config.n_ctx:  # a long prime: slide until the frontier is inside the window
             start += step
         length = min(config.n_ctx, n_tokens - start)
-        cond = _window_conditioning(run_labels, start, total_tokens, upper, prior)
+        cond = _window_conditioning(run_labels, start, total_tokens, upper, prior, beats)
         context = prior.context(cond)  # (B', n_ctx, D)
         window = codes[:, start : start + length]
         ids = prior.inputs(torch.cat([window, window]) if guided else window)  # (B', length)

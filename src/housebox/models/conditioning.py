@@ -4,6 +4,8 @@
   extra "dropped" id: training drops labels at random so that sampling can use classifier-free guidance.
 - Timing (top level): where in the track each position lies, as range embeddings of the total length,
   the offset in seconds and the fraction of the track done, added at every position.
+- The beat clock (optional, every level): where each position lies within its beat and its bar, from
+  the track's beat grid in training and from the requested tempo (or a prime's grid) when sampling.
 - The level above (upsamplers): its codes, embedded and upsampled by the hop ratio with a transposed
   convolution, added at every position.
 """
@@ -84,6 +86,35 @@ class TimingEmbedding(nn.Module):
         total = total_seconds[:, None].expand_as(offset_seconds)  # (B, T)
         fraction = offset_seconds / total.clamp(min=1e-3)
         return self.total(total) + self.offset(offset_seconds) + self.fraction(fraction)
+
+
+class BeatClockEmbedding(nn.Module):
+    """Beat positions Tensor[B x T] (beats since a downbeat, float; NaN: no clock) -> Tensor[B x T x D].
+
+    Fourier features of the phase within the beat and within the bar (harmonics 1..`harmonics` of each,
+    so the finest detail is 1 / (2 * harmonics) of a beat), plus a flag saying the clock is known, through
+    one linear layer. A continuous phase: the same beat position means the same vector at any token rate.
+    """
+
+    def __init__(self, *, harmonics: int, beats_per_bar: int, width: int) -> None:
+        super().__init__()
+        self.beats_per_bar = beats_per_bar
+        self.register_buffer("orders", torch.arange(1, harmonics + 1, dtype=torch.float32), persistent=False)
+        self.project = nn.Linear(4 * harmonics + 1, width, bias=False)
+        nn.init.normal_(self.project.weight, std=0.02)
+
+    def features(self, beats: Tensor) -> Tensor:
+        """Tensor[B x T] -> Tensor[B x T x (4 * harmonics + 1)]."""
+        known = torch.isfinite(beats)
+        beats = torch.where(known, beats, torch.zeros_like(beats)).float()
+        beat_phase = 2 * torch.pi * beats[..., None] * self.orders  # (B, T, H)
+        bar_phase = beat_phase / self.beats_per_bar  # (B, T, H)
+        waves = torch.cat([beat_phase.sin(), beat_phase.cos(), bar_phase.sin(), bar_phase.cos()], dim=-1)
+        waves = waves * known[..., None]
+        return torch.cat([waves, known[..., None].float()], dim=-1)
+
+    def forward(self, beats: Tensor) -> Tensor:
+        return self.project(self.features(beats).to(self.project.weight.dtype))
 
 
 class UpperLevelConditioner(nn.Module):

@@ -2,7 +2,8 @@
 
 Position t of a window reads the code at t-1 (position 0 reads a start token carrying the labels) and
 predicts the code at t. On top of token and position embeddings come the labels (position 0), timing
-(top level: where in the track each position lies) and, for upsamplers, the codes of the level above.
+(top level: where in the track each position lies), the beat clock (where in the beat and the bar,
+when `beat_clock` is on) and, for upsamplers, the codes of the level above.
 Read top-down: PriorConfig -> Prior (embed -> transformer -> head).
 """
 
@@ -14,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from housebox.models.conditioning import Labels, LabelEmbedding, TimingEmbedding, UpperLevelConditioner
+from housebox.models.conditioning import (
+    BeatClockEmbedding,
+    Labels,
+    LabelEmbedding,
+    TimingEmbedding,
+    UpperLevelConditioner,
+)
 from housebox.models.transformer import KVCache, Transformer, TransformerConfig
 
 
@@ -43,6 +50,9 @@ class PriorConfig:
     upper_codebook_size: int = 0  # > 0 for upsamplers: conditioned on the level above
     upper_ratio: int = 1  # hop of the level above / hop of this level
     label_dropout: float = 0.1  # lets sampling use classifier-free guidance
+    beat_clock: bool = False  # add each position's place in the beat and the bar (needs prepared beat grids)
+    beat_harmonics: int = 8  # Fourier harmonics of the beat and bar phase
+    beats_per_bar: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))
@@ -67,6 +77,7 @@ class Conditioning:
     start: Tensor  # LongTensor[B]: token index of the window's first position within the track
     total_tokens: Tensor  # LongTensor[B]: length of the whole track in tokens at this level
     upper: Tensor | None = None  # LongTensor[B x n_ctx / ratio]: codes of the level above for this window
+    beats: Tensor | None = None  # FloatTensor[B x n_ctx]: beat position of each token (NaN or None: no clock)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,8 @@ class Prior(nn.Module):
         self.labels = LabelEmbedding(n_artists=config.n_artists, n_genres=config.n_genres, width=d)
         self.timing = (TimingEmbedding(bins=config.timing_bins, max_seconds=config.max_seconds, width=d)
                        if config.timing else None)
+        self.beat_clock = (BeatClockEmbedding(harmonics=config.beat_harmonics, beats_per_bar=config.beats_per_bar,
+                                              width=d) if config.beat_clock else None)
         self.upper = (UpperLevelConditioner(codebook_size=config.upper_codebook_size, ratio=config.upper_ratio,
                                             width=d) if config.is_upsampler else None)
         self.transformer = Transformer(config.transformer())
@@ -109,6 +122,11 @@ class Prior(nn.Module):
             offset = positions.float() * self.seconds_per_token()
             total = cond.total_tokens.float() * self.seconds_per_token()
             extra = extra + self.timing(offset, total)
+        if self.beat_clock is not None:
+            beats = cond.beats
+            if beats is None or beats.shape[1] == 0:  # no clock: the "unknown" vector the model also trained on
+                beats = torch.full((b, n), float("nan"), device=device)
+            extra = extra + self.beat_clock(beats[:, :n])
         if self.upper is not None:
             if cond.upper is None:
                 raise ValueError("an upsampler needs the codes of the level above")

@@ -7,11 +7,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from housebox.config import as_dict, build
 from housebox.data.dataset import CodeWindows, PriorBatch, tracks_for
 from housebox.data.labels import Vocabulary
+from housebox.data.prepare import read_manifest
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Conditioning, Prior, PriorConfig
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, move_to, train
@@ -45,7 +47,29 @@ def prior_config(section: dict, level: int, meta: dict, vocab: Vocabulary, name:
 
 def conditioning(batch: PriorBatch, upsampler: bool) -> Conditioning:
     return Conditioning(labels=Labels(artist=batch.artist, genres=batch.genres), start=batch.start,
-                        total_tokens=batch.total, upper=batch.upper if upsampler else None)
+                        total_tokens=batch.total, upper=batch.upper if upsampler else None,
+                        beats=batch.beats if batch.beats.shape[1] else None)
+
+
+def code_windows(data_dir: Path, split: str, config: PriorConfig, batch_size: int, vocab: Vocabulary) -> CodeWindows:
+    """Windows of one split for a prior of this config (the split's segments, its beat grids when clocked)."""
+    rows = tracks_for(data_dir, split, config.sample_rate)
+    windows = CodeWindows(data_dir, rows, config.level, config.n_ctx, batch_size, vocab, config.max_genres,
+                          ratio=config.upper_ratio, upper=config.is_upsampler,
+                          seconds_per_token=config.hop / config.sample_rate, beat_clock=config.beat_clock)
+    if config.beat_clock and all(g is None for g in windows.grids):
+        raise ValueError(f"{data_dir}: no beat grids for the beat clock; run `housebox prepare` again to add them "
+                         f"(or --set {'upsampler' if config.is_upsampler else 'prior'}.beat_clock=false)")
+    return windows
+
+
+def artist_tempi(rows: list[dict]) -> dict[str, float]:
+    """Each artist's median track tempo (BPM): where the beat clock runs when sampling asks for no tempo."""
+    tempi: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get("bpm"):
+            tempi.setdefault(row["artist"], []).append(float(row["bpm"]))
+    return {artist: round(float(np.median(values)), 2) for artist, values in sorted(tempi.items())}
 
 
 def make_step(config: PriorConfig):
@@ -104,20 +128,17 @@ def train_prior(data_dir: str | Path, out_dir: str | Path, level: int, preset: d
     torch.manual_seed(train_config.seed)
     model = Prior(config)
 
-    def windows(split: str, batch_size: int) -> CodeWindows:
-        rows = tracks_for(data_dir, split, config.sample_rate)
-        return CodeWindows(data_dir, rows, level, config.n_ctx, batch_size, vocab, config.max_genres,
-                           ratio=config.upper_ratio, upper=config.is_upsampler)
-
-    train_windows = windows("train", train_config.batch_size)
+    train_windows = code_windows(data_dir, "train", config, train_config.batch_size, vocab)
     describe = {
         "kind": name,
         "level": level,
         "model": as_dict(config),
         "vocabulary": {"artists": list(vocab.artists), "genres": list(vocab.genres)},
+        "artist_bpm": artist_tempi(read_manifest(data_dir)),
         "data": {"dir": str(data_dir.resolve()), "vqvae": meta.get("vqvae"), "vqvae_sha256": meta.get("weights_sha256")},
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    eval_fn = make_eval_fn(windows("valid", 8), config, data_dir, meta.get("vqvae"))
+    eval_fn = make_eval_fn(code_windows(data_dir, "valid", config, 8, vocab), config, data_dir, meta.get("vqvae"))
     return train(model, step_fn=make_step(config), batch_fn=train_windows, out_dir=out_dir, config=train_config,
-                 describe=describe, eval_fn=eval_fn, resume=resume, device=device, progress=progress)
+                 describe=describe, eval_fn=eval_fn, resume=resume, device=device, progress=progress,
+                 select="bits_per_token")

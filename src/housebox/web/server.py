@@ -10,7 +10,7 @@ only its static page and the files inside the samples folder: paths that resolve
     GET  /api/info                 the run's artists, genres and limits
     GET  /api/samples[/NAME]       earlier sample folders, newest first (or one), with verdicts
     POST /api/upload?name=F.wav    a prime clip as the raw request body -> {"upload": ID}
-    POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime} -> {"job": ID}
+    POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime, bpm} -> {"job": ID}
     GET  /api/jobs/ID?wait=S       a job's state: queued (position), running, checking, done, failed
     GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html)
 """
@@ -209,6 +209,10 @@ class App:
         temperature = _number(body, "temperature", 1.0)
         if not 0 < temperature <= 3:
             raise RequestError(f"temperature must be above 0 and at most 3, got {temperature:g}")
+        bpm = body.get("bpm")
+        bpm = None if bpm in (None, "") else _number(body, "bpm", 0.0)
+        if bpm is not None and not 20 <= bpm <= 400:
+            raise RequestError(f"bpm must be between 20 and 400 (or empty: the artist's tempo), got {bpm:g}")
         n = int(_number(body, "n", 1))
         if not 1 <= n <= self.settings.max_tracks:
             raise RequestError(f"n must be 1..{self.settings.max_tracks}, got {n}")
@@ -219,7 +223,7 @@ class App:
                                   or not (self.samples_dir / UPLOADS / prime).is_file()):
             raise RequestError("prime: no such upload (upload the clip first)")
         return SampleSettings(artist=artist, genres=tuple(g.lower() for g in genres), seconds=seconds, n=n,
-                              temperature=temperature, seed=seed,
+                              temperature=temperature, seed=seed, bpm=bpm,
                               prime=str(self.samples_dir / UPLOADS / prime) if prime else None)
 
     def save_upload(self, name: str, data: bytes) -> dict:

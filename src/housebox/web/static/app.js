@@ -112,6 +112,7 @@ async function generate(event) {
       genre: $("genre").value ? [$("genre").value] : [],
       seconds: parseFloat($("seconds").value),
       temperature: parseFloat($("temperature").value),
+      bpm: $("bpm").value === "" ? null : parseFloat($("bpm").value),
       seed: $("seed").value === "" ? null : parseInt($("seed").value, 10),
       prime: await uploadPrime(),
     };

@@ -1,0 +1,127 @@
+"""Real music, end to end: `train all` on the Debian game-music set with and without the beat clock.
+
+    .venv/bin/python bench/fetch_realmusic.py -o ~/.cache/housebox/realmusic     # once: the music
+    .venv/bin/python bench/bench_realmusic.py --minutes 40 -o /tmp/realmusic-bench
+
+The set is prepared once at the `tiny` preset's 16 kHz; then each arm (beat clock on / off) gets its
+own copy of the dataset (the code cache belongs to one VQ-VAE) and runs `housebox train all` for the
+same wall-clock budget, pinned to its own CPU core with one thread, both arms at the same time (so
+they share the machine alike). Each run then samples `--per-artist` tracks of `--seconds` per artist
+(temperature 0.95, as the demo) and is evaluated: per artist, whether the tracks keep the tempo the
+clock ran at and have a kick; the stage table says where the rest is lost. Prints a table and
+writes `results.json`; spectrograms are in each run's evaluation/samples/*/spectrogram.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ARMS = {"clock": True, "noclock": False}
+# The demo's CPU settings (bf16 priors), and the beat clock switched per arm.
+OVERRIDES = ("prior_train.precision=bf16", "upsampler_train.precision=bf16")
+
+
+def prepare_once(music: Path, out: Path) -> Path:
+    from housebox.config import load_preset
+    from housebox.data.prepare import PrepareSettings, prepare
+
+    data = out / "prepared"
+    sample_rate = load_preset("tiny")["vqvae"]["sample_rate"]
+    labels = music / "labels.csv"
+    report = prepare(music / "tracks", data, PrepareSettings(sample_rate=sample_rate),
+                     labels_csv=labels if labels.exists() else None, workers=2)
+    print(f"prepared {report.tracks} tracks, {report.seconds / 60:.1f} min at {sample_rate} Hz -> {data}")
+    return data
+
+
+def run_arm(name: str, data: Path, out: Path, minutes: float, core: int, seconds: float, per_artist: int) -> subprocess.Popen:
+    """Start one arm as its own process, pinned to `core` with one thread."""
+    arm = out / name
+    if not (arm / "data").exists():
+        shutil.copytree(data, arm / "data", ignore=shutil.ignore_patterns("codes"))
+    clock = str(ARMS[name]).lower()
+    script = f"""
+import sys, torch
+torch.set_num_threads(1)
+from housebox.cli import main
+code = main(["train", "all", "--data", {str(arm / 'data')!r}, "-o", {str(arm / 'run')!r}, "--preset", "tiny",
+             "--minutes", {str(minutes)!r}, "--resume", "--device", "cpu",
+             *sum([["--set", s] for s in {list(OVERRIDES)!r} + ["prior.beat_clock={clock}", "upsampler.beat_clock={clock}"]], [])])
+if code:
+    sys.exit(code)
+sys.exit(main(["evaluate", {str(arm / 'run')!r}, "--data", {str(arm / 'data')!r}, "--device", "cpu",
+               "--seconds", {str(seconds)!r}, "--per-artist", {str(per_artist)!r}, "--temperature", "0.95"]))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = open(arm / "log.txt", "a")
+    return subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", script], stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def summarise(out: Path) -> dict:
+    results = {}
+    for name in ARMS:
+        path = out / name / "run" / "evaluation" / "evaluation.json"
+        if not path.exists():
+            results[name] = None
+            continue
+        report = json.loads(path.read_text())
+        plan = json.loads((out / name / "run" / "plan.json").read_text())
+        results[name] = {"evaluation": report, "plan": plan}
+    return results
+
+
+def print_table(results: dict) -> None:
+    for name, result in results.items():
+        if result is None:
+            print(f"{name}: no evaluation (see {name}/log.txt)")
+            continue
+        plan = result["plan"]
+        steps = ", ".join(f"{s['name']} {s['steps']}" for s in plan["stages"])
+        print(f"\n== {name}: {steps} steps in {plan['seconds_used'] / 60:.1f} min")
+        for artist in result["evaluation"]["generated"]:
+            print(f"  {artist['artist']:<24} generated {artist.get('generated_bpm')} BPM, "
+                  f"kick {artist['kick_periodicity']:.2f} (training {artist['reference_kick_periodicity']:.2f}), "
+                  f"tempo kept {artist['tempo_kept']}, kick {artist['kick_detected']}")
+        stages = result["evaluation"].get("stages")
+        if stages:
+            print("  stages:", json.dumps(stages.get("overall", stages))[:2000])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--music", type=Path, default=Path.home() / ".cache/housebox/realmusic",
+                        help="the folder bench/fetch_realmusic.py wrote (tracks/ and labels.csv)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("/tmp/housebox-realmusic-bench"))
+    parser.add_argument("--minutes", type=float, default=40.0, help="train all budget per arm (default 40)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated track (default 30)")
+    parser.add_argument("--per-artist", type=int, default=3, help="generated tracks per artist (default 3)")
+    parser.add_argument("--arms", default="clock,noclock", help="comma-separated: clock, noclock")
+    args = parser.parse_args(argv)
+    if not (args.music / "tracks").is_dir():
+        print(f"skipped: {args.music} has no tracks/ folder; build the set first with "
+              f"`python bench/fetch_realmusic.py -o {args.music}` (or `make realmusic`)")
+        return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    data = prepare_once(args.music, args.output)
+    started = time.time()
+    arms = [a for a in args.arms.split(",") if a]
+    procs = {name: run_arm(name, data, args.output, args.minutes, core % (os.cpu_count() or 1), args.seconds,
+                           args.per_artist) for core, name in enumerate(arms)}
+    codes = {name: proc.wait() for name, proc in procs.items()}
+    print(f"arms finished in {(time.time() - started) / 60:.1f} min: {codes}")
+    results = summarise(args.output)
+    (args.output / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print_table(results)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
