@@ -3,7 +3,7 @@
     .venv/bin/python bench/fetch_realmusic.py -o ~/.cache/housebox/realmusic     # once: the music
     .venv/bin/python bench/bench_realmusic.py --minutes 40 -o /tmp/realmusic-bench
 
-The set is prepared once at the `tiny` preset's 16 kHz; then each arm (beat clock on / off) gets its
+The five artists with the most tracks (at least three each) are copied out, and prepared once at the `tiny` preset's 16 kHz; then each arm (beat clock on / off) gets its
 own copy of the dataset (the code cache belongs to one VQ-VAE) and runs `housebox train all` for the
 same wall-clock budget, pinned to its own CPU core with one thread, both arms at the same time (so
 they share the machine alike). Each run then samples `--per-artist` tracks of `--seconds` per artist
@@ -28,6 +28,39 @@ ARMS = {"clock": True, "noclock": False}
 OVERRIDES = ("prior_train.precision=bf16", "upsampler_train.precision=bf16")
 
 
+def pick_artists(music: Path, out: Path, artists: int, min_tracks: int, max_track_seconds: float) -> Path:
+    """Copy the tracks of the `artists` artists with the most tracks (at least `min_tracks` no longer
+    than `max_track_seconds`, so no artist's 20-minute pieces outweigh everyone else's) into OUT/music,
+    with their labels: a set a 40-minute budget can learn and an evaluation can cover."""
+    import csv
+
+    seconds = {t["output"]: t["seconds"] for t in json.loads((music / "selection.json").read_text())["tracks"]
+               if t.get("selected") and t.get("output")}
+    with open(music / "labels.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if seconds.get(r["path"], 0.0) <= max_track_seconds]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["artist"]] = counts.get(row["artist"], 0) + 1
+    chosen = sorted((a for a, n in counts.items() if n >= min_tracks), key=lambda a: (-counts[a], a))[:artists]
+    if not chosen:
+        raise SystemExit(f"{music}: no artist has {min_tracks} tracks of at most {max_track_seconds:g} s")
+    subset = out / "music"
+    kept = [r for r in rows if r["artist"] in chosen]
+    for row in kept:
+        target = subset / "tracks" / row["path"]
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(music / "tracks" / row["path"], target)
+    with open(subset / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "artist", "genre"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("path", "artist", "genre")} for r in kept)
+    for artist in chosen:
+        mine = [seconds[r["path"]] for r in kept if r["artist"] == artist]
+        print(f"  {artist}: {len(mine)} tracks, {sum(mine) / 60:.1f} min")
+    return subset
+
+
 def prepare_once(music: Path, out: Path) -> Path:
     from housebox.config import load_preset
     from housebox.data.prepare import PrepareSettings, prepare
@@ -36,7 +69,7 @@ def prepare_once(music: Path, out: Path) -> Path:
     sample_rate = load_preset("tiny")["vqvae"]["sample_rate"]
     labels = music / "labels.csv"
     report = prepare(music / "tracks", data, PrepareSettings(sample_rate=sample_rate),
-                     labels_csv=labels if labels.exists() else None, workers=2)
+                     labels_csv=labels if labels.exists() else None, workers=2, progress=False)
     print(f"prepared {report.tracks} tracks, {report.seconds / 60:.1f} min at {sample_rate} Hz -> {data}")
     return data
 
@@ -104,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated track (default 30)")
     parser.add_argument("--per-artist", type=int, default=3, help="generated tracks per artist (default 3)")
     parser.add_argument("--arms", default="clock,noclock", help="comma-separated: clock, noclock")
+    parser.add_argument("--artists", type=int, default=5, help="artists with the most tracks to use (default 5)")
+    parser.add_argument("--min-tracks", type=int, default=3, help="tracks an artist needs to be used (default 3)")
+    parser.add_argument("--max-track-seconds", type=float, default=420.0,
+                        help="leave out longer tracks (default 420: seven minutes)")
     args = parser.parse_args(argv)
     if not (args.music / "tracks").is_dir():
         print(f"skipped: {args.music} has no tracks/ folder; build the set first with "
               f"`python bench/fetch_realmusic.py -o {args.music}` (or `make realmusic`)")
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
-    data = prepare_once(args.music, args.output)
+    data = prepare_once(pick_artists(args.music, args.output, args.artists, args.min_tracks,
+                                                  args.max_track_seconds), args.output)
     started = time.time()
     arms = [a for a in args.arms.split(",") if a]
     procs = {name: run_arm(name, data, args.output, args.minutes, core % (os.cpu_count() or 1), args.seconds,
