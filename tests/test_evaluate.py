@@ -28,7 +28,6 @@ from housebox.evaluate.run import (
     format_stage_table,
     key_share,
     match_tempo,
-    split_segments,
     summarize_segments,
     where_quality_is_lost,
 )
@@ -73,6 +72,29 @@ def test_frechet_distance_separates_distributions(tracks):
         frechet_distance(a[:1], b)
 
 
+def split_segments(rows: list[dict]) -> tuple[list, list]:
+    """(held-out, training) segments of manifest rows: an independent reading of the split, to check the
+    data module's against.
+
+    A `valid` row is held out whole; a `train` row with `valid_from` is training data up to there and held
+    out from there to its end; any other row is training data whole. With nothing held out (one track, or a
+    dataset prepared before tails existed), every track is held out whole, as data/dataset.py tracks_for does.
+    """
+    held, training = [], []
+    for row in rows:
+        tail = row.get("valid_from")
+        if row["split"] == "valid":
+            held.append((row, 0.0, float(row["seconds"])))
+        elif tail is not None:
+            training.append((row, 0.0, float(tail)))
+            held.append((row, float(tail), float(row["seconds"])))
+        else:
+            training.append((row, 0.0, float(row["seconds"])))
+    if not held:
+        held = [(row, 0.0, float(row["seconds"])) for row in rows]
+    return held, training
+
+
 def _row(track_id, artist, seconds, split="train", valid_from=None):
     return {"id": track_id, "artist": artist, "seconds": seconds, "split": split, "valid_from": valid_from}
 
@@ -97,7 +119,7 @@ def test_held_out_and_training_audio_per_artist():
 
 
 def test_data_segments_follow_the_manifest(demo_data):
-    """The data module's held-out and training segments (or the local fallback) agree with the manifest's split."""
+    """The data module's held-out and training segments agree with an independent reading of the manifest."""
     held, training = data_segments(demo_data, 16000)
     expected_held, expected_training = split_segments(read_manifest(demo_data))
     def as_ids(segments):

@@ -63,34 +63,10 @@ Segment = tuple[dict, float, float]  # (manifest row, start s, end s)
 # ---- what the figures rest on -------------------------------------------------------------------
 
 
-def split_segments(rows: list[dict]) -> tuple[list[Segment], list[Segment]]:
-    """(held-out, training) segments of manifest rows.
-
-    A `valid` row is held out whole; a `train` row with `valid_from` is training data up to there and held
-    out from there to its end; any other row is training data whole. With nothing held out (one track, or a
-    dataset prepared before tails existed), every track is held out whole, as data/dataset.py tracks_for does.
-    """
-    held, training = [], []
-    for row in rows:
-        tail = row.get("valid_from")
-        if row["split"] == "valid":
-            held.append((row, 0.0, float(row["seconds"])))
-        elif tail is not None:
-            training.append((row, 0.0, float(tail)))
-            held.append((row, float(tail), float(row["seconds"])))
-        else:
-            training.append((row, 0.0, float(row["seconds"])))
-    if not held:
-        held = [(row, 0.0, float(row["seconds"])) for row in rows]
-    return held, training
-
-
 def data_segments(data_dir: Path, sample_rate: int) -> tuple[list[Segment], list[Segment]]:
-    """(held-out, training) segments of a prepared dataset: the data module's split when it has one."""
-    try:
-        from housebox.data.dataset import held_out_segments, training_segments
-    except ImportError:  # a data module without segments: the same split, computed here
-        return split_segments(read_manifest(data_dir))
+    """(held-out, training) segments of a prepared dataset, as training splits it (data/dataset.py)."""
+    from housebox.data.dataset import held_out_segments, training_segments
+
     held = held_out_segments(data_dir, sample_rate)
     try:
         training = training_segments(data_dir, sample_rate)
