@@ -250,9 +250,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_demo_learns_each_artists_tempo_and_kick(tmp_path):
     """`housebox demo` exactly as `make demo` runs it (a process of its own, torch's default thread count,
-    about 14 minutes on 2 cores): three 30-second tracks per artist, their median tempo within 3 BPM of the
+    14 minutes on 2 cores with native bf16, about 40 on an AVX2-only CPU; `make test-demo`): three 30-second tracks per artist, their median tempo within 3 BPM of the
     artist's and a kick on the beat, for every artist."""
     from housebox.evaluate.run import KICK_DETECTED, TEMPO_TOLERANCE_BPM
 

@@ -22,10 +22,13 @@ def data(demo_data, tmp_path):
     return copy
 
 
+CLOCK = ["--set", "prior.beat_clock=true", "--set", "upsampler.beat_clock=true"]
+
+
 def test_train_all_runs_every_stage_in_order(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "all", "--data", str(data), "-o", str(run), "--device", "cpu", "--steps-from-preset",
-                 *TINY_VQVAE, *TINY_PRIOR, *TINY_UP, *STEPS]) == 0
+                 *TINY_VQVAE, *TINY_PRIOR, *TINY_UP, *STEPS, *CLOCK]) == 0
     out = capsys.readouterr().out
     assert out.index("train all: 4 models") < out.index("[1/4] vqvae") < out.index("[2/4] prior_l2") \
         < out.index("[3/4] up_l1") < out.index("[4/4] up_l0")
@@ -34,8 +37,29 @@ def test_train_all_runs_every_stage_in_order(data, tmp_path, capsys):
     assert all(s["finished"] for s in plan["stages"])
     for name, steps in (("vqvae", 4), ("prior_l2", 6), ("up_l1", 4), ("up_l0", 4)):
         assert json.loads((run / name / "config.json").read_text())["step"] == steps
-    assert main(["sample", str(run), "--artist", "Dawn Atlas", "--seconds", "1", "--device", "cpu",
-                 "-o", str(tmp_path / "s")]) == 0
+    # the beat clock runs at --bpm, else at the artist's median tempo, else follows a prime's own grid
+    import numpy as np
+
+    from housebox.data.prepare import load_track, read_manifest
+
+    def sample(name: str, *extra: str) -> tuple[dict, np.ndarray]:
+        assert main(["sample", str(run), "--artist", "Dawn Atlas", "--seconds", "2", "--device", "cpu",
+                     "--seed", "3", "-o", str(tmp_path / name), *extra]) == 0
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        return report, np.load(tmp_path / name / "codes.npz")["l0"]
+
+    fast, fast_codes = sample("fast", "--bpm", "125")
+    slow, slow_codes = sample("slow", "--bpm", "90")
+    assert fast["beat_clock_bpm"] == [125.0] and slow["beat_clock_bpm"] == [90.0]
+    assert not np.array_equal(fast_codes, slow_codes)  # same seed: only the clock differs
+    rows = [r for r in read_manifest(data) if r["artist"] == "Dawn Atlas"]
+    median = round(float(np.median([r["bpm"] for r in rows])), 2)
+    assert sample("default")[0]["beat_clock_bpm"] == [pytest.approx(median, abs=0.01)]
+    from housebox.audio.io import save_audio
+
+    save_audio(tmp_path / "clip.wav", load_track(data, rows[0]["id"])[: 16000 * 4] / 32768.0, 16000)
+    primed = sample("primed", "--prime", str(tmp_path / "clip.wav"), "--prime-seconds", "4")[0]
+    assert primed["beat_clock_bpm"][0] == pytest.approx(121.0, abs=1.5)  # Dawn Atlas plays at 121 BPM
     assert main(["train", "all", "--data", str(data), "-o", str(run), "--device", "cpu", "--steps-from-preset",
                  *TINY_VQVAE]) == 2  # no --resume: refuses to overwrite
     assert "--resume" in capsys.readouterr().err

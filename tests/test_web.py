@@ -112,6 +112,8 @@ def test_nothing_outside_the_samples_folder_is_served(server, path):
     ({"artist": "Nobody"}, "unknown artist 'Nobody'"),
     ({"genre": ["polka"]}, "unknown genre 'polka'"),
     ({"temperature": 0}, "temperature"),
+    ({"bpm": 5}, "bpm must be between 20 and 400"),
+    ({"bpm": "fast"}, "bpm must be a number"),
     ({"prime": "../../etc/passwd"}, "no such upload"),
 ])
 def test_bad_generate_requests_get_400_with_a_message(server, fields, message):

@@ -24,14 +24,15 @@ class DemoPlan:
     per_artist: int = 1  # generated tracks per artist (the evaluation reports their median tempo)
     temperature: float = 0.95  # below 1, as Jukebox samples: fewer unlikely codes that derail the beat (README)
     overrides: tuple[str, ...] = ()
-    cpu_overrides: tuple[str, ...] = ()  # only when training on the CPU
+    cpu_overrides: tuple[str, ...] = ()  # only when training on a CPU with native bf16
 
 
 # What it took to learn the corpus (measured; see the README): 15 minutes of audio (112 k top-level
 # tokens), rotary positions and 3,000 prior steps keep each artist's tempo and kick; with 6 minutes and
 # 600 steps the top prior memorised its data, with 2,000 steps and learned positions only the artist
 # whose beat is a whole number of tokens kept its tempo. The upsamplers need 1,500 steps to keep the kick.
-# On the CPU the priors train under bf16 autocast, ~20% faster (on CUDA `auto` already picks bf16 or fp16).
+# On a CPU with native bf16 (AMX / AVX-512 BF16) the priors train under bf16 autocast, ~20% faster; on
+# others bf16 is emulated and several times slower, so they stay fp32 (on CUDA `auto` picks bf16 or fp16).
 FULL = DemoPlan(minutes=15.0, vqvae_steps=400, prior_steps=3000, upsampler_steps=1500, seconds=30.0, per_artist=3,
                 cpu_overrides=("prior_train.precision=bf16", "upsampler_train.precision=bf16"))
 QUICK = DemoPlan(minutes=1.0, vqvae_steps=20, prior_steps=20, upsampler_steps=10, seconds=3.0, overrides=(
@@ -57,14 +58,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     from housebox.generate.pipeline import load_run
     from housebox.train.distributed import pick_device
     from housebox.train.all import train_all
+    from housebox.train.loop import cpu_has_native_bf16
 
     plan = QUICK if quick else FULL
     started = _STARTED[0] = time.time()
     out = Path(out)
     corpus, data, run = out / "corpus", out / "data", out / "run"
-    on_cpu = pick_device(device).type == "cpu"
+    bf16_cpu = pick_device(device).type == "cpu" and cpu_has_native_bf16()
     preset = apply_overrides(load_preset("tiny"), [
-        *plan.overrides, *(plan.cpu_overrides if on_cpu else ()),
+        *plan.overrides, *(plan.cpu_overrides if bf16_cpu else ()),
         f"vqvae_train.steps={plan.vqvae_steps}", f"prior_train.steps={plan.prior_steps}",
         f"upsampler_train.steps={plan.upsampler_steps}",
         f"vqvae_train.seed={seed}", f"prior_train.seed={seed}", f"upsampler_train.seed={seed}",
