@@ -211,6 +211,9 @@ def real_music() -> Path:
     if not all((folder / name).is_file() for name in REAL_EXCERPTS):
         cache.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["apt-get", "download", REAL_PACKAGE], cwd=cache, capture_output=True, text=True)
+        if done.returncode != 0 and "Unable to locate" in done.stderr:  # empty package lists: read them once
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            done = subprocess.run(["apt-get", "download", REAL_PACKAGE], cwd=cache, capture_output=True, text=True)
         assert done.returncode == 0, f"apt-get download {REAL_PACKAGE} failed: {done.stderr.strip()[-300:]}"
         deb = max(cache.glob(f"{REAL_PACKAGE}_*.deb"), key=lambda p: p.stat().st_mtime)
         subprocess.run(["dpkg-deb", "-x", str(deb), str(cache / REAL_PACKAGE)], check=True)
