@@ -106,6 +106,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     settings = SampleSettings(
         artist=args.artist, genres=tuple(args.genre or ()), seconds=args.seconds, n=args.n,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
+        beat_guidance=args.beat_guidance,
         seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
         prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
         bpm=args.bpm,
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest codes (default 0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1: off)")
+    p.add_argument("--beat-guidance", type=float, default=3.0,
+                   help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; 1: off)")
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")

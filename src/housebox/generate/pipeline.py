@@ -36,6 +36,7 @@ class SampleSettings:
     top_k: int = 0
     top_p: float = 1.0
     cfg_scale: float = 1.0
+    beat_guidance: float = 3.0  # top level: guidance by the beat clock (1: off; measured on real music, README)
     seed: int = 0
     hop_fraction: float = 0.5
     levels: int | None = None  # levels to generate, top down; None: every level the run has a model for
@@ -259,8 +260,9 @@ def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_c
             codes[top] = sample_codes(run.priors[top], n_tokens=n_top, labels=labels, prime=primes.get(top),
                                       beats=level_beats(run, grids, top, n_top),
                                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                                      cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction,
-                                      generator=generator, progress=progress, desc=f"level {top}")
+                                      cfg_scale=settings.cfg_scale, beat_guidance=settings.beat_guidance,
+                                      hop_fraction=settings.hop_fraction, generator=generator, progress=progress,
+                                      desc=f"level {top}")
         else:
             prime = primes.get(level) if not settings.upsample_only else None
             codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress, grids)

@@ -42,6 +42,19 @@ def draw(logits: Tensor, uniform: Tensor) -> Tensor:
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
+def guided_logits(logits: Tensor, scales: list[float]) -> Tensor:
+    """Logits of the conditioned rows, each guidance branch adding `(scale - 1) * (conditioned - dropped)`.
+
+    `logits` stacks B conditioned rows and then B rows per branch (the same windows, one condition dropped):
+    Tensor[B * (1 + len(scales)) x V] -> Tensor[B x V]. One branch is classifier-free guidance,
+    `dropped + scale * (conditioned - dropped)`; several compose (Liu et al. 2022)."""
+    parts = logits.chunk(1 + len(scales))
+    out = parts[0]
+    for scale, dropped in zip(scales, parts[1:]):
+        out = out + (scale - 1.0) * (parts[0] - dropped)
+    return out
+
+
 def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: Tensor | None, prior: Prior,
                          beats: Tensor | None = None) -> Conditioning:
     b = labels.artist.shape[0]
@@ -97,6 +110,7 @@ def _sample_codes(
     top_k: int = 0,
     top_p: float = 1.0,
     cfg_scale: float = 1.0,
+    beat_guidance: float = 1.0,
     hop_fraction: float = 0.5,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -108,7 +122,8 @@ def _sample_codes(
     n_tokens / ratio] conditions an upsampler; `beats` FloatTensor[B x n_tokens] gives each token's beat
     position for a prior with a beat clock (None: the clock is unknown). Beyond n_ctx, each new window starts `hop_fraction *
     n_ctx` tokens after the last and keeps the rest of the previous window as its context.
-    `cfg_scale` > 1 applies classifier-free guidance against the label-dropped model.
+    `cfg_scale` > 1 applies classifier-free guidance against the label-dropped model; `beat_guidance` > 1
+    guides by the beat clock against the clock-unknown model (a clocked prior trained with clock dropout).
     """
     config = prior.config
     device = prior.head.weight.device
@@ -123,14 +138,24 @@ def _sample_codes(
     if prime is not None:
         known = min(prime.shape[1], n_tokens)
         codes[:, :known] = prime[:, :known].to(device)
-    guided = cfg_scale != 1.0
+    # guidance: one extra copy of the batch per dropped condition, each pulling the logits its own way
+    branches = []  # (scale, what the copy drops)
+    if cfg_scale != 1.0:
+        branches.append((cfg_scale, "labels"))
+    if beat_guidance != 1.0 and beats is not None and config.beat_clock and config.clock_dropout > 0:
+        branches.append((beat_guidance, "clock"))
+    copies = 1 + len(branches)
     run_labels = labels
-    if guided:  # second half of the batch: the same windows with labels dropped
-        dropped = prior.labels.dropped_like(labels)
-        run_labels = Labels(artist=torch.cat([labels.artist, dropped.artist]),
-                            genres=torch.cat([labels.genres, dropped.genres]))
-        upper = torch.cat([upper, upper]) if upper is not None else None
-        beats = torch.cat([beats, beats]) if beats is not None else None
+    if branches:
+        artists, genres, clocks = [labels.artist], [labels.genres], [beats]
+        for _, drops in branches:
+            dropped = prior.labels.dropped_like(labels) if drops == "labels" else labels
+            artists.append(dropped.artist)
+            genres.append(dropped.genres)
+            clocks.append(torch.full_like(beats, float("nan")) if drops == "clock" else beats)
+        run_labels = Labels(artist=torch.cat(artists), genres=torch.cat(genres))
+        upper = torch.cat([upper] * copies) if upper is not None else None
+        beats = torch.cat(clocks) if beats is not None else None
     step = max(config.upper_ratio, int(config.n_ctx * hop_fraction) // config.upper_ratio * config.upper_ratio)
     generator = generator or torch.Generator().manual_seed(0)
     bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
@@ -143,7 +168,7 @@ def _sample_codes(
         cond = _window_conditioning(run_labels, start, total_tokens, upper, prior, beats)
         context = prior.context(cond)  # (B', n_ctx, D)
         window = codes[:, start : start + length]
-        ids = prior.inputs(torch.cat([window, window]) if guided else window)  # (B', length)
+        ids = prior.inputs(torch.cat([window] * copies))  # (B * copies, length)
         cache = prior.new_cache(ids.shape[0])
         given = known - start  # codes of this window already fixed
         position = max(given, 1)
@@ -151,9 +176,8 @@ def _sample_codes(
         uniforms = torch.rand(length, b, generator=generator).to(device)
         for pos in range(position - 1, length):
             if pos >= given:
-                if guided:
-                    cond_logits, free_logits = logits[:b], logits[b:]
-                    logits = free_logits + cfg_scale * (cond_logits - free_logits)
+                if branches:
+                    logits = guided_logits(logits, [scale for scale, _ in branches])
                 new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
                 codes[:, start + pos] = new
                 drawn += 1
@@ -162,7 +186,7 @@ def _sample_codes(
                     bar.set_postfix(tok_s=f"{drawn * b / (time.time() - started):.0f}")
             if pos + 1 < length:
                 next_ids = codes[:, start + pos : start + pos + 1]
-                next_ids = torch.cat([next_ids, next_ids]) if guided else next_ids
+                next_ids = torch.cat([next_ids] * copies)
                 logits = prior.step(next_ids, context, cache, pos + 1)[:, -1]
         known = start + length
         start += step

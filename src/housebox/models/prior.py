@@ -53,6 +53,7 @@ class PriorConfig:
     beat_clock: bool = False  # add each position's place in the beat and the bar (needs prepared beat grids)
     beat_harmonics: int = 8  # Fourier harmonics of the beat and bar phase
     beats_per_bar: int = 4
+    clock_dropout: float = 0.0  # share of windows trained with the clock unknown: lets sampling guide by the clock
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from housebox.config import as_dict, build
 from housebox.data.dataset import CodeWindows, PriorBatch, tracks_for
@@ -72,11 +73,20 @@ def artist_tempi(rows: list[dict]) -> dict[str, float]:
     return {artist: round(float(np.median(values)), 2) for artist, values in sorted(tempi.items())}
 
 
+def drop_clock(beats: Tensor | None, p: float, generator: torch.Generator | None = None) -> Tensor | None:
+    """Each window's beat positions replaced by NaN (clock unknown) with probability p, for guidance."""
+    if beats is None or p <= 0:
+        return beats
+    mask = torch.rand(beats.shape[0], generator=generator).to(beats.device) < p  # (B,)
+    return torch.where(mask[:, None], torch.full_like(beats, float("nan")), beats)
+
+
 def make_step(config: PriorConfig):
     def prior_step(model: torch.nn.Module, batch: PriorBatch) -> StepOutput:
         prior = model.module if hasattr(model, "module") else model
         cond = conditioning(batch, config.is_upsampler)
-        cond = dataclasses.replace(cond, labels=prior.labels.drop(cond.labels, config.label_dropout))
+        cond = dataclasses.replace(cond, labels=prior.labels.drop(cond.labels, config.label_dropout),
+                                   beats=drop_clock(cond.beats, config.clock_dropout))
         out = model(batch.codes, cond, batch.mask)
         return StepOutput(loss=out.loss, metrics={"bits_per_token": out.loss.detach() / math.log(2)})
 
