@@ -69,6 +69,19 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_decoder(args: argparse.Namespace) -> int:
+    from housebox.train.decoder import train_decoder
+
+    levels = tuple(args.level) if args.level else ()
+    result = train_decoder(args.run, args.data, args.output, _preset(args), levels=levels, resume=args.resume,
+                           device=args.device)
+    state = "stopped" if result.interrupted else "finished"
+    figures = ", ".join(f"{k} {v:.4g}" for k, v in result.last_eval.items())
+    where = "installed into the run's VQ-VAE" if not result.interrupted else "continue with --resume"
+    print(f"{state} at step {result.step}" + (f"; validation {figures}" if figures else "") + f"; {where}")
+    return 0
+
+
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     from housebox.train.prior import train_prior
 
@@ -242,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     k = kinds.add_parser("vqvae", help="the hierarchical VQ-VAE", description="Train the hierarchical VQ-VAE.")
     _add_training_flags(k)
     k.set_defaults(func=_cmd_train_vqvae)
+
+    k = kinds.add_parser("decoder", help="sharpen the VQ-VAE decoders adversarially (codes unchanged)",
+                         description="Fine-tune the decoders of a run's VQ-VAE against a multi-scale STFT "
+                                     "discriminator, encoders and codebooks frozen, so the codes and the priors "
+                                     "stay valid; the result is installed beside the original decoders.")
+    k.add_argument("--run", required=True, help="run folder holding the VQ-VAE")
+    k.add_argument("--data", required=True, help="prepared dataset folder the VQ-VAE was trained on")
+    k.add_argument("-o", "--output", help="model directory of the fine-tune (default RUN/decoder)")
+    k.add_argument("--level", type=int, action="append", help="level to tune (repeatable; default: preset, all)")
+    k.add_argument("--preset", default="tiny", help="preset or YAML path (default tiny)")
+    k.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override one preset field, e.g. decoder_train.steps=200 (repeatable)")
+    k.add_argument("--resume", action="store_true", help="continue the fine-tune from its last checkpoint")
+    _add_device_flag(k)
+    k.set_defaults(func=_cmd_train_decoder)
 
     for kind, text in (("prior", "the top-level prior over the coarsest codes"),
                        ("upsampler", "an upsampler: codes at LEVEL given the level above")):

@@ -269,13 +269,15 @@ def train(
     runtime: Runtime | None = None,
     progress: bool = True,
     select: str | None = None,
+    clip_groups: Callable[[], list[list[nn.Parameter]]] | None = None,
 ) -> TrainResult:
     """Train `model` for `config.steps` optimiser steps, writing a model directory to `out_dir`.
 
     `describe` (model kind and config, data settings) goes into config.json so the directory can be
     loaded on its own later. With `resume`, training continues exactly from the last checkpoint.
     With `select` (a key of eval_fn's results, lower is better), the weights kept are those of the best
-    evaluation; without it, or without eval_fn, the last ones.
+    evaluation; without it, or without eval_fn, the last ones. `clip_groups` splits the parameters into
+    groups whose gradient norms are clipped separately (a GAN's generator and discriminator).
     """
     runtime = runtime or init_runtime(device)
     out_dir = Path(out_dir)
@@ -404,7 +406,11 @@ def train(
                 for k, v in {"loss": out.loss.detach(), **out.metrics}.items():
                     accumulated[k] = accumulated.get(k, 0) + v.detach().float() / config.grad_accum
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if clip_groups is None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            else:
+                grad_norm = torch.stack([torch.nn.utils.clip_grad_norm_(group, config.grad_clip)
+                                         for group in clip_groups()]).max()
             scaler.step(optimizer)
             scaler.update()
             _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
