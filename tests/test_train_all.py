@@ -103,3 +103,22 @@ def test_budget_is_split_by_measured_step_times_and_resume_continues(data, tmp_p
     plan = json.loads((run / "plan.json").read_text())
     assert plan["minutes"] == 1.0 and all(s["finished"] for s in plan["stages"])
     assert json.loads((run / "up_l0" / "config.json").read_text())["step"] == plan["stages"][3]["steps"]
+
+
+def test_a_decoder_share_adds_the_adversarial_stage_last(data, tmp_path, capsys):
+    from housebox.train.all import SHARES, stages_for
+
+    preset = load_preset("tiny")
+    assert [s.name for s in stages_for(preset)] == ["vqvae", "prior_l2", "up_l1", "up_l0"]  # off by default
+    shared = stages_for(apply_overrides(preset, ["decoder.train_all_share=0.2"]))
+    assert [s.name for s in shared][-1] == "decoder" and shared[-1].share == 0.2
+    assert shared[0].share == pytest.approx(SHARES["vqvae"] * 0.8)
+    assert sum(s.share for s in shared) == pytest.approx(1.0)
+    run = tmp_path / "run"
+    fast = ["decoder.train_all_share=0.2", "decoder_train.steps=2", "decoder_train.batch_size=2",
+            "decoder.chunk_seconds=0.256", "discriminator.width=8", "prior_train.steps=2", "upsampler_train.steps=2"]
+    assert main(["train", "all", "--data", str(data), "-o", str(run), "--device", "cpu", "--steps-from-preset",
+                 *TINY_VQVAE, *TINY_PRIOR, *TINY_UP, *STEPS, *sum([["--set", f] for f in fast], [])]) == 0
+    assert "[5/5] decoder" in capsys.readouterr().out
+    vqvae = json.loads((run / "vqvae" / "config.json").read_text())
+    assert vqvae["decoders"]["levels"] == [0] and (run / "vqvae" / vqvae["decoders"]["file"]).exists()

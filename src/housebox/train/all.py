@@ -63,6 +63,13 @@ def stages_for(preset: dict[str, dict]) -> list[Stage]:
     top = levels - 1
     out = [Stage("vqvae", "vqvae", None, SHARES["vqvae"]), Stage(f"prior_l{top}", "prior", top, SHARES["prior"])]
     out += [Stage(f"up_l{level}", "upsampler", level, SHARES["upsampler"]) for level in range(top - 1, -1, -1)]
+    from housebox.train.decoder import DecoderTuneConfig
+
+    decoder_share = build(DecoderTuneConfig, preset.get("decoder"), "decoder").train_all_share
+    if decoder_share > 0:  # the decoders of level 0 (what generation decodes from) sharpened last
+        for stage in out:
+            stage.share *= 1.0 - decoder_share
+        out.append(Stage("decoder", "decoder", 0, decoder_share))
     return out
 
 
@@ -135,14 +142,35 @@ def measure_prior_step(data_dir: Path, preset: dict[str, dict], level: int, upsa
     return _measure(Prior(config), make_step(config), batch, train_config, device)
 
 
+def measure_decoder_step(data_dir: Path, preset: dict[str, dict], device: torch.device) -> float:
+    """Step time of the adversarial decoder fine-tune of level 0 (an untrained VQ-VAE of the same shape)."""
+    from housebox.data.dataset import AudioChunks, tracks_for
+    from housebox.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+    from housebox.models.vqvae import VQVAE, VQVAEConfig
+    from housebox.train.decoder import DecoderGAN, DecoderTuneConfig, decoder_step
+
+    config = build(VQVAEConfig, preset.get("vqvae"), "vqvae")
+    tune = build(DecoderTuneConfig, preset.get("decoder"), "decoder")
+    train_config = build(TrainConfig, preset.get("decoder_train"), "decoder_train")
+    disc = build(DiscriminatorConfig, {**(preset.get("discriminator") or {}), "sample_rate": config.sample_rate},
+                 "discriminator")
+    model = DecoderGAN(VQVAE(config), MultiScaleSTFTDiscriminator(disc), (0,), tune.adversarial_weight,
+                       tune.feature_weight)
+    multiple = model.vqvae.multiple()
+    chunk = max(multiple, round(tune.chunk_seconds * config.sample_rate / multiple) * multiple)
+    chunks = AudioChunks(data_dir, tracks_for(data_dir, "train", config.sample_rate), train_config.batch_size, chunk)
+    return _measure(model, decoder_step, chunks(torch.Generator().manual_seed(0)), train_config, device)
+
+
 def _section(stage: Stage) -> str:
-    return {"vqvae": "vqvae_train", "prior": "prior_train", "upsampler": "upsampler_train"}[stage.kind]
+    return {"vqvae": "vqvae_train", "prior": "prior_train", "upsampler": "upsampler_train",
+            "decoder": "decoder_train"}[stage.kind]
 
 
 def _describe(stages: list[Stage], minutes: float | None) -> str:
     lines = [f"train all: {len(stages)} models" + (f" in {minutes:g} minutes" if minutes else ", preset steps")]
     for s in stages:
-        what = "VQ-VAE" if s.kind == "vqvae" else f"{s.kind} level {s.level}"
+        what = {"vqvae": "VQ-VAE", "decoder": "adversarial decoder, level 0"}.get(s.kind, f"{s.kind} level {s.level}")
         steps = f"{s.steps} steps" if s.steps else "steps set when it starts"
         when = f" (~{s.steps * s.step_seconds / 60:.1f} min at {s.step_seconds:.2f} s/step)" if s.step_seconds and s.steps else ""
         share = f", {s.share:.0%} of the budget" if minutes else ""
@@ -196,9 +224,13 @@ def train_all(data_dir: str | Path, run_dir: str | Path, preset: dict[str, dict]
             encode_dataset(data_dir, run_dir / stages[0].name, device=str(torch_device), progress=progress)
             encoded = True
         if minutes is not None and not stage.started:
-            stage.step_seconds = (measure_vqvae_step(data_dir, preset, torch_device) if stage.kind == "vqvae" else
-                                  measure_prior_step(data_dir, preset, stage.level, stage.kind == "upsampler",
-                                                     torch_device))
+            if stage.kind == "vqvae":
+                stage.step_seconds = measure_vqvae_step(data_dir, preset, torch_device)
+            elif stage.kind == "decoder":
+                stage.step_seconds = measure_decoder_step(data_dir, preset, torch_device)
+            else:
+                stage.step_seconds = measure_prior_step(data_dir, preset, stage.level, stage.kind == "upsampler",
+                                                        torch_device)
             left = minutes * 60.0 - (budget_used + time.time() - started)
             waiting = sum(s.share for s in stages[index:] if not s.finished)
             stage.steps = max(1, int(left * stage.share / waiting / stage.step_seconds))
@@ -216,6 +248,11 @@ def train_all(data_dir: str | Path, run_dir: str | Path, preset: dict[str, dict]
         resuming = (out / "train_state.pt").exists()
         if stage.kind == "vqvae":
             result = train_vqvae(data_dir, out, stage_preset, resume=resuming, device=device, progress=progress)
+        elif stage.kind == "decoder":
+            from housebox.train.decoder import train_decoder
+
+            result = train_decoder(run_dir, data_dir, out, stage_preset, levels=(stage.level,), resume=resuming,
+                                   device=device, progress=progress)
         else:
             result = train_prior(data_dir, out, stage.level, stage_preset, upsampler=stage.kind == "upsampler",
                                  resume=resuming, device=device, progress=progress)

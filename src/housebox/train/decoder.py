@@ -39,11 +39,14 @@ class DecoderTuneConfig:
     adversarial_weight: float = 1.0
     feature_weight: float = 2.0
     chunk_seconds: float = 0.5
+    train_all_share: float = 0.0  # share of `train all --minutes` for this stage (0: train all skips it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
         if min(self.adversarial_weight, self.feature_weight) < 0 or self.chunk_seconds <= 0:
             raise ValueError("decoder: weights must be >= 0 and chunk_seconds > 0")
+        if not 0 <= self.train_all_share < 1:
+            raise ValueError(f"decoder.train_all_share must be in [0, 1), got {self.train_all_share}")
 
 
 class DecoderGAN(nn.Module):
