@@ -116,7 +116,28 @@ def summarise(out: Path) -> dict:
     return results
 
 
+GOAL_BPM, GOAL_KICK = 3.0, 0.2  # the issue's goal: every artist at the requested tempo +-3 BPM, kick >= 0.2
+
+
+def requested_tempi(samples_dir: str) -> list[float] | None:
+    """The tempo each sample's beat clock ran at (None for a run without a clock)."""
+    report = Path(samples_dir) / "report.json"
+    return json.loads(report.read_text()).get("beat_clock_bpm") if report.exists() else None
+
+
+def goal_met(artist: dict) -> bool:
+    """The artist's generated tracks at the tempo the clock ran at (+-3 BPM, median) with a kick >= 0.2."""
+    asked = requested_tempi(artist["samples_dir"])
+    made = artist.get("generated_bpm") or []
+    if not asked or not made:
+        return False
+    errors = [abs(m - a) for m, a in zip(made, asked) if m is not None]
+    return bool(errors) and sorted(errors)[len(errors) // 2] <= GOAL_BPM and artist["kick_periodicity"] >= GOAL_KICK
+
+
 def print_table(results: dict) -> None:
+    from housebox.evaluate.run import format_stage_table
+
     for name, result in results.items():
         if result is None:
             print(f"{name}: no evaluation (see {name}/log.txt)")
@@ -124,13 +145,19 @@ def print_table(results: dict) -> None:
         plan = result["plan"]
         steps = ", ".join(f"{s['name']} {s['steps']}" for s in plan["stages"])
         print(f"\n== {name}: {steps} steps in {plan['seconds_used'] / 60:.1f} min")
+        met = 0
         for artist in result["evaluation"]["generated"]:
-            print(f"  {artist['artist']:<24} generated {artist.get('generated_bpm')} BPM, "
+            asked = requested_tempi(artist["samples_dir"])
+            ok = goal_met(artist)
+            met += ok
+            print(f"  {artist['artist'][:24]:<24} asked {asked or '-'} BPM, made {artist.get('generated_bpm')}, "
                   f"kick {artist['kick_periodicity']:.2f} (training {artist['reference_kick_periodicity']:.2f}), "
-                  f"tempo kept {artist['tempo_kept']}, kick {artist['kick_detected']}")
+                  f"nearest track tempo kept {artist['tempo_kept']}; goal {'met' if ok else 'NOT met'}")
+        print(f"  goal (requested tempo +-{GOAL_BPM:g} BPM, kick >= {GOAL_KICK}): "
+              f"{met} of {len(result['evaluation']['generated'])} artists")
         stages = result["evaluation"].get("stages")
         if stages:
-            print("  stages:", json.dumps(stages.get("overall", stages))[:2000])
+            print("\n".join(format_stage_table({k: {"all": v["all"]} for k, v in stages.items()})))
 
 
 def main(argv: list[str] | None = None) -> int:

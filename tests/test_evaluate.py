@@ -197,7 +197,9 @@ def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys):
     for rows in stages.values():
         assert set(rows) == {"all", artist}
         assert rows["all"]["pieces"] == 1 and rows["all"]["seconds"] == pytest.approx(4.5, abs=0.01)
-        assert set(rows["all"]) == {"pieces", "seconds", "beat_strength", "tempo_error_bpm", "frechet", "kad"}
+        assert set(rows["all"]) == {"pieces", "seconds", "beat_strength", "tempo_error_bpm", "frechet", "kad",
+                                    "centroid_hz", "flatness"}
+        assert rows["all"]["centroid_hz"] > 0 and 0 < rows["all"]["flatness"] < 1
     assert all(math.isfinite(stages["vqvae"][artist][k]) for k in ("frechet", "kad"))
     assert stages["heldout"]["all"]["tempo_error_bpm"] < 1.0 and stages["heldout"]["all"]["beat_strength"] > 0.3
     assert stages["heldout"]["all"]["kad"] < stages["vqvae"]["all"]["kad"]  # 6 steps of VQ-VAE lose the music

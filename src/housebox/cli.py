@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Fine-tune the decoders of a run's VQ-VAE against a multi-scale STFT "
                                      "discriminator, encoders and codebooks frozen, so the codes and the priors "
                                      "stay valid; the result is installed beside the original decoders.")
-    k.add_argument("--run", required=True, help="run folder holding the VQ-VAE")
+    k.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder holding the VQ-VAE (--run-dir under torchrun, whose own --run-path takes --run)")
     k.add_argument("--data", required=True, help="prepared dataset folder the VQ-VAE was trained on")
     k.add_argument("-o", "--output", help="model directory of the fine-tune (default RUN/decoder)")
     k.add_argument("--level", type=int, action="append", help="level to tune (repeatable; default: preset, all)")

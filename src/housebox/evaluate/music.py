@@ -48,6 +48,18 @@ def spectral_centroid(audio: np.ndarray, sample_rate: int, n_fft: int = 2048) ->
     return float((centroids * energy).sum() / energy.sum())
 
 
+def spectral_flatness(audio: np.ndarray, n_fft: int = 1024) -> float:
+    """Mean spectral flatness (geometric / arithmetic mean of the power spectrum, 0..1) of mono float audio
+    over its frames that are not silent: near 1 for noise, near 0 for clean tones; a decoder's noise floor
+    raises it."""
+    frames = _frames(audio, n_fft, n_fft // 4)
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2 + 1e-10  # (frames, F)
+    flatness = np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
+    energy = power.sum(axis=1)
+    loud = energy > 1e-6 * energy.max()
+    return float(flatness[loud].mean())
+
+
 def _frames(audio: np.ndarray, size: int, hop: int) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float64)
     if audio.size < size:

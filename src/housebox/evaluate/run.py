@@ -29,7 +29,14 @@ from housebox.audio.features import FeatureError, beat_periodicity, estimate_tem
 from housebox.data.dataset import CodeWindows, tracks_for
 from housebox.data.labels import Vocabulary
 from housebox.data.prepare import load_track, read_manifest
-from housebox.evaluate.music import frechet_distance, kernel_distance, mel_chroma_features, track_stats
+from housebox.evaluate.music import (
+    frechet_distance,
+    kernel_distance,
+    mel_chroma_features,
+    spectral_centroid,
+    spectral_flatness,
+    track_stats,
+)
 from housebox.evaluate.vqvae import evaluate_vqvae
 from housebox.generate.pipeline import Run, SampleSettings, decode, generate, write_outputs
 from housebox.train.checkpoint import weights_hash, write_json
@@ -224,6 +231,8 @@ class StageRow:
     tempo_error_bpm: float | None  # median |estimated tempo - reference tempo|
     frechet: float | None  # Fréchet mel+chroma distance to the held-out audio
     kad: float | None  # kernel distance to the held-out audio
+    centroid_hz: float | None = None  # median spectral centroid (brightness)
+    flatness: float | None = None  # median spectral flatness (noise: 0 tones .. 1 white noise)
 
 
 @dataclass
@@ -233,6 +242,8 @@ class Measured:
     beats: list[float | None] = field(default_factory=list)
     errors: list[float | None] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
+    centroids: list[float] = field(default_factory=list)
+    flatness: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, audio: np.ndarray, sample_rate: int, reference_bpm: float | None, bpm: float | None) -> None:
@@ -240,13 +251,16 @@ class Measured:
         self.beats.append(_safe(beat_periodicity, audio, sample_rate, reference_bpm) if reference_bpm else None)
         self.errors.append(round(abs(bpm - reference_bpm), 2) if bpm is not None and reference_bpm else None)
         self.features.append(mel_chroma_features(audio, sample_rate))
+        self.centroids.append(spectral_centroid(audio, sample_rate))
+        self.flatness.append(spectral_flatness(audio))
         self.seconds += len(audio) / sample_rate
 
     def row(self, reference: np.ndarray) -> StageRow:
         features = np.concatenate(self.features) if self.features else np.zeros((0, reference.shape[1]))
         frechet, kad = distances(features, reference)
         return StageRow(pieces=len(self.beats), seconds=round(self.seconds, 2), beat_strength=_median(self.beats, 3),
-                        tempo_error_bpm=_median(self.errors, 2), frechet=frechet, kad=kad)
+                        tempo_error_bpm=_median(self.errors, 2), frechet=frechet, kad=kad,
+                        centroid_hz=_median(self.centroids, 1), flatness=_median(self.flatness, 6))
 
 
 def distances(features: np.ndarray, reference: np.ndarray) -> tuple[float | None, float | None]:
@@ -271,6 +285,8 @@ def stage_rows(measured: dict[str, dict[str, Measured]], references: dict[str, n
             everything.beats += m.beats
             everything.errors += m.errors
             everything.features += m.features
+            everything.centroids += m.centroids
+            everything.flatness += m.flatness
             everything.seconds += m.seconds
         out[stage] = {"all": asdict(everything.row(pooled_reference)), **rows}
     return out
@@ -555,12 +571,13 @@ def format_stage_table(stages: dict[str, dict]) -> list[str]:
     """The stage table as aligned lines of text: every stage, all artists first, then each artist."""
     width = max([len(a) for rows in stages.values() for a in rows] + [6])
     lines = [f"  {'stage':<10} {'artist':<{width}} {'pieces':>6} {'beat':>5} {'tempo err':>9} "
-             + f"{'Fréchet':>9} {'KAD':>8}"]
+             + f"{'Fréchet':>9} {'KAD':>8} {'centroid':>8} {'flatness':>8}"]
     for stage, rows in stages.items():
         for artist, r in rows.items():
             lines.append(f"  {stage if artist == 'all' else '':<10} {artist:<{width}} {r['pieces']:>6} "
                          f"{_number(r['beat_strength'], 2):>5} {_number(r['tempo_error_bpm'], 2):>9} "
-                         f"{_number(r['frechet'], 2):>9} {_number(r['kad'], 4):>8}")
+                         f"{_number(r['frechet'], 2):>9} {_number(r['kad'], 4):>8} "
+                         f"{_number(r.get('centroid_hz'), 0):>8} {_number(r.get('flatness'), 4):>8}")
     return lines
 
 

@@ -292,6 +292,9 @@ def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleS
     save_spectrograms(out / "spectrogram.png", list(generation.audio), sr, titles, max_hz=min(sr / 2, 8000))
     seconds = generation.audio.shape[1] / sr
     models = {"vqvae": {"dir": str(run.vqvae_dir), "sha256": weights_hash(run.vqvae_dir)}}
+    decoders = read_config(run.vqvae_dir).get("decoders")
+    if decoders:  # adversarially fine-tuned decoders in use (housebox train decoder)
+        models["vqvae"]["decoders"] = {**decoders, "sha256": weights_hash(run.vqvae_dir, decoders["file"])}
     for level, d in sorted(run.prior_dirs.items()):
         models[f"level_{level}"] = {"dir": str(d), "sha256": weights_hash(d)}
     report = {

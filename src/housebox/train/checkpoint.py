@@ -67,10 +67,10 @@ def read_config(model_dir: str | Path) -> dict:
     return data
 
 
-def weights_hash(model_dir: str | Path) -> str:
+def weights_hash(model_dir: str | Path, name: str = WEIGHTS) -> str:
     """sha256 of a model directory's weights file, for reports and code-cache bookkeeping."""
     digest = hashlib.sha256()
-    with open(Path(model_dir) / WEIGHTS, "rb") as handle:
+    with open(Path(model_dir) / name, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

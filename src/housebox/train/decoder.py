@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -62,7 +63,7 @@ class DecoderGAN(nn.Module):
         for level in self.levels:
             vqvae.decoders[level].requires_grad_(True)
 
-    def train(self, mode: bool = True) -> "DecoderGAN":
+    def train(self, mode: bool = True) -> DecoderGAN:
         super().train(mode)
         self.vqvae.encoders.eval()  # frozen: the codebooks never update their EMA statistics or restart
         self.vqvae.codebooks.eval()
@@ -118,27 +119,20 @@ def decoder_step(model: nn.Module, batch: Tensor) -> StepOutput:
     return StepOutput(loss=loss, metrics=metrics)
 
 
-def spectral_flatness(audio: Tensor, n_fft: int = 1024) -> float:
-    """Mean spectral flatness (geometric / arithmetic mean of the power spectrum, 0..1) of Tensor[B x 1 x T]:
-    near 1 for noise, near 0 for clean tones; a decoder's noise floor raises it."""
-    window = torch.hann_window(n_fft, device=audio.device)
-    power = torch.stft(audio[:, 0].float(), n_fft, hop_length=n_fft // 4, window=window,
-                       return_complex=True).abs().square() + 1e-10  # (B, bins, frames)
-    flatness = power.log().mean(dim=1).exp() / power.mean(dim=1)
-    loud = power.sum(dim=1) > 1e-6 * power.sum(dim=1).max()  # silent frames say nothing
-    return float(flatness[loud].mean())
-
-
 def make_eval_fn(data_dir: Path, model: DecoderGAN):
     """Per trained level: spectral convergence and spectral flatness of the reconstructions of fixed
     validation clips, beside the clips' own flatness."""
+    from housebox.evaluate.music import spectral_flatness
     from housebox.evaluate.vqvae import validation_clips
     from housebox.models.losses import spectral_convergence_db
+
+    def flatness(audio: Tensor) -> float:
+        return float(np.median([spectral_flatness(clip[0]) for clip in audio.float().cpu().numpy()]))
 
     config = model.vqvae.config
     clips = validation_clips(data_dir, config.sample_rate, seconds=2.0, max_tracks=4,
                              multiple=model.vqvae.multiple())
-    reference_flatness = spectral_flatness(clips)
+    reference_flatness = flatness(clips)
 
     def evaluate(ema: DecoderGAN, step: int, writer) -> dict[str, float]:
         device = next(ema.parameters()).device
@@ -147,7 +141,7 @@ def make_eval_fn(data_dir: Path, model: DecoderGAN):
         for level in ema.levels:
             decoded = ema.vqvae.decoders[level](ema.latents(audio, level)).float()
             results[f"l{level}/spectral_convergence_db"] = float(spectral_convergence_db(audio, decoded).mean())
-            results[f"l{level}/flatness"] = spectral_flatness(decoded)
+            results[f"l{level}/flatness"] = flatness(decoded)
             if writer is not None:
                 writer.add_audio(f"decoded/level_{level}", decoded[0, 0].clamp(-1, 1).cpu(), step,
                                  sample_rate=config.sample_rate)
@@ -213,6 +207,7 @@ def train_decoder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     result = train(model, step_fn=decoder_step, batch_fn=batches, out_dir=out_dir, config=train_config,
                    describe=describe, eval_fn=make_eval_fn(data_dir, model), resume=resume, device=device,
                    progress=progress, clip_groups=model.clip_groups)
-    if not result.interrupted and (out_dir / WEIGHTS).exists():
+    main_process = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if not result.interrupted and main_process and (out_dir / WEIGHTS).exists():
         install_decoders(vqvae_dir, out_dir, levels, result.step)
     return result
