@@ -88,7 +88,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
 
     tracks = "one" if plan.per_artist == 1 else str(plan.per_artist)
     _stage(4, total, f"sampling {tracks} {plan.seconds:g}-second track(s) per artist, then evaluating")
-    loaded = load_run(run, "cpu")
+    loaded = load_run(run, pick_device(device))  # sampling and evaluation on the chosen device too
     report = evaluate_run(loaded, data, out / "evaluation", seconds=plan.seconds, per_artist=plan.per_artist,
                           seed=seed + 1000, temperature=plan.temperature)
     _stage(5, total, "summary")

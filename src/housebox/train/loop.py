@@ -42,7 +42,7 @@ from housebox.train.checkpoint import (
     save_weights,
     write_json,
 )
-from housebox.train.distributed import Runtime, any_rank, init_runtime
+from housebox.train.distributed import Runtime, any_rank, check_shared_folder, init_runtime
 
 
 @dataclass(frozen=True)
@@ -286,6 +286,7 @@ def train(
         raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another -o")
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    check_shared_folder(out_dir, runtime)
 
     model.to(runtime.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
