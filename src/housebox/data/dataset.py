@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from housebox.data.prepare import load_track, read_manifest
+from housebox.data.prepare import read_manifest, read_track_window, track_header
 
 
 @dataclass(frozen=True)
@@ -80,22 +80,21 @@ class AudioChunks:
         self.bounds = [_segment_samples(r, r["sample_rate"], r["samples"]) for r in rows]
         lengths = np.array([max(1, hi - lo - chunk_samples + 1) for lo, hi in self.bounds], dtype=np.float64)
         self.weights = torch.tensor(lengths / lengths.sum())
-        self._audio: dict[str, np.ndarray] = {}
+        self._headers: dict[str, tuple[int, int]] = {}  # id -> (byte offset, samples): no file is kept open
 
-    def track(self, track_id: str) -> np.ndarray:
-        if track_id not in self._audio:
-            self._audio[track_id] = load_track(self.data_dir, track_id)
-        return self._audio[track_id]
+    def window(self, track_id: str, start: int, stop: int) -> np.ndarray:
+        if track_id not in self._headers:
+            self._headers[track_id] = track_header(self.data_dir, track_id)
+        return read_track_window(self.data_dir, track_id, start, stop, self._headers[track_id])
 
     def __call__(self, generator: torch.Generator) -> Tensor:
         picks = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator).tolist()
         starts = torch.rand(self.batch_size, generator=generator, dtype=torch.float64).tolist()
         batch = np.zeros((self.batch_size, 1, self.chunk), dtype=np.float32)
         for i, (pick, u) in enumerate(zip(picks, starts)):
-            audio = self.track(self.rows[pick]["id"])
             lo, hi = self.bounds[pick]
             start = lo + int(u * max(0, hi - lo - self.chunk + 1))
-            window = audio[start : min(hi, start + self.chunk)]
+            window = self.window(self.rows[pick]["id"], start, min(hi, start + self.chunk))
             batch[i, 0, : len(window)] = window / 32768.0
         return torch.from_numpy(batch)
 

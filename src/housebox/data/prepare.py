@@ -99,6 +99,32 @@ def load_track(data_dir: str | Path, track_id: str) -> np.ndarray:
     return np.load(Path(data_dir) / "audio" / f"{track_id}.npy", mmap_mode="r")
 
 
+def track_header(data_dir: str | Path, track_id: str) -> tuple[int, int]:
+    """(byte offset of the samples, number of samples) of one track's int16 `.npy`, read from its header."""
+    path = Path(data_dir) / "audio" / f"{track_id}.npy"
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+        offset = handle.tell()
+    if dtype != np.dtype("<i2") or len(shape) != 1 or fortran:
+        raise ValueError(f"{path}: expected mono int16 samples, found {dtype} {shape}")
+    return offset, int(shape[0])
+
+
+def read_track_window(data_dir: str | Path, track_id: str, start: int, stop: int,
+                      header: tuple[int, int] | None = None) -> np.ndarray:
+    """Samples start..stop of one track (int16 `[<= stop - start]`), read and closed at once: no file stays open,
+    however many tracks a dataset has (a memory map keeps a descriptor per track)."""
+    offset, length = header or track_header(data_dir, track_id)
+    start, stop = max(0, start), min(length, stop)
+    if stop <= start:
+        return np.zeros(0, dtype=np.int16)
+    with open(Path(data_dir) / "audio" / f"{track_id}.npy", "rb") as handle:
+        handle.seek(offset + 2 * start)
+        return np.frombuffer(handle.read(2 * (stop - start)), dtype="<i2")
+
+
 def load_beats(data_dir: str | Path, track_id: str) -> BeatGrid | None:
     """The beat grid of one track: times float64 `[N]` from `beats/<id>.npy`, the downbeat from its
     manifest row. None when the file is missing or the row has no grid (`beats` absent or 0)."""
