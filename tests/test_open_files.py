@@ -52,3 +52,22 @@ def test_drawing_from_hundreds_of_tracks_under_a_small_open_file_limit(tmp_path)
               f"[chunks(torch.Generator().manual_seed(s)) for s in range(60)]\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")
+def test_code_windows_of_hundreds_of_tracks_keep_no_file_open(tmp_path):
+    from housebox.data.dataset import CodeWindows
+    from housebox.data.labels import Vocabulary
+
+    rows = []
+    for level in (1, 2):
+        (tmp_path / "codes" / f"l{level}").mkdir(parents=True)
+    for i in range(TRACKS):
+        for level, n in ((1, 400), (2, 100)):
+            np.save(tmp_path / "codes" / f"l{level}" / f"t{i:04d}.npy", (np.arange(n) % 64).astype(np.int16))
+        rows.append({"id": f"t{i:04d}", "artist": "unknown", "genres": ["unknown"], "seconds": 1.0})
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    windows = CodeWindows(tmp_path, rows, 1, 64, 8, Vocabulary(), 1, ratio=4, upper=True)
+    batch = windows(torch.Generator().manual_seed(0))
+    assert batch.codes.shape == (8, 64) and batch.upper.shape == (8, 16)
+    assert len(list(Path("/proc/self/fd").iterdir())) <= before + 2
