@@ -99,6 +99,14 @@ class AudioChunks:
         return torch.from_numpy(batch)
 
 
+def training_chunks(data_dir: str | Path, sample_rate: int, multiple: int, seconds: float,
+                    batch_size: int) -> AudioChunks:
+    """Batches of the train split's audio in windows of about `seconds`, a whole multiple of `multiple`
+    samples (the VQ-VAE's largest hop); `.chunk` and `.rows` say what was chosen."""
+    chunk = max(multiple, round(seconds * sample_rate / multiple) * multiple)
+    return AudioChunks(data_dir, tracks_for(data_dir, "train", sample_rate), batch_size, chunk)
+
+
 # ---- code windows for the priors ---------------------------------------------------------------
 
 

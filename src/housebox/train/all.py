@@ -104,7 +104,7 @@ def _measure(model: torch.nn.Module, step_fn, batch, config: TrainConfig, device
 
 
 def measure_vqvae_step(data_dir: Path, preset: dict[str, dict], device: torch.device) -> float:
-    from housebox.data.dataset import AudioChunks, AudioDataConfig, tracks_for
+    from housebox.data.dataset import AudioDataConfig, training_chunks
     from housebox.models.vqvae import VQVAE, VQVAEConfig
     from housebox.train.vqvae import vqvae_step
 
@@ -112,9 +112,8 @@ def measure_vqvae_step(data_dir: Path, preset: dict[str, dict], device: torch.de
     train_config = build(TrainConfig, preset.get("vqvae_train"), "vqvae_train")
     data_config = build(AudioDataConfig, preset.get("vqvae_data"), "vqvae_data")
     model = VQVAE(config)
-    multiple = model.multiple()
-    chunk = max(multiple, round(data_config.chunk_seconds * config.sample_rate / multiple) * multiple)
-    chunks = AudioChunks(data_dir, tracks_for(data_dir, "train", config.sample_rate), train_config.batch_size, chunk)
+    chunks = training_chunks(data_dir, config.sample_rate, model.multiple(), data_config.chunk_seconds,
+                             train_config.batch_size)
     return _measure(model, vqvae_step, chunks(torch.Generator().manual_seed(0)), train_config, device)
 
 
@@ -144,21 +143,18 @@ def measure_prior_step(data_dir: Path, preset: dict[str, dict], level: int, upsa
 
 def measure_decoder_step(data_dir: Path, preset: dict[str, dict], device: torch.device) -> float:
     """Step time of the adversarial decoder fine-tune of level 0 (an untrained VQ-VAE of the same shape)."""
-    from housebox.data.dataset import AudioChunks, tracks_for
-    from housebox.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+    from housebox.data.dataset import training_chunks
+    from housebox.models.discriminator import MultiScaleSTFTDiscriminator
     from housebox.models.vqvae import VQVAE, VQVAEConfig
-    from housebox.train.decoder import DecoderGAN, DecoderTuneConfig, decoder_step
+    from housebox.train.decoder import DecoderGAN, DecoderTuneConfig, decoder_step, discriminator_config
 
     config = build(VQVAEConfig, preset.get("vqvae"), "vqvae")
     tune = build(DecoderTuneConfig, preset.get("decoder"), "decoder")
     train_config = build(TrainConfig, preset.get("decoder_train"), "decoder_train")
-    disc = build(DiscriminatorConfig, {**(preset.get("discriminator") or {}), "sample_rate": config.sample_rate},
-                 "discriminator")
-    model = DecoderGAN(VQVAE(config), MultiScaleSTFTDiscriminator(disc), (0,), tune.adversarial_weight,
-                       tune.feature_weight)
-    multiple = model.vqvae.multiple()
-    chunk = max(multiple, round(tune.chunk_seconds * config.sample_rate / multiple) * multiple)
-    chunks = AudioChunks(data_dir, tracks_for(data_dir, "train", config.sample_rate), train_config.batch_size, chunk)
+    model = DecoderGAN(VQVAE(config), MultiScaleSTFTDiscriminator(discriminator_config(preset, config.sample_rate)),
+                       (0,), tune.adversarial_weight, tune.feature_weight)
+    chunks = training_chunks(data_dir, config.sample_rate, model.vqvae.multiple(), tune.chunk_seconds,
+                             train_config.batch_size)
     return _measure(model, decoder_step, chunks(torch.Generator().manual_seed(0)), train_config, device)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from housebox.config import as_dict, build
-from housebox.data.dataset import AudioChunks, tracks_for
+from housebox.data.dataset import training_chunks
 from housebox.models.discriminator import (
     DiscriminatorConfig,
     MultiScaleSTFTDiscriminator,
@@ -150,6 +150,12 @@ def make_eval_fn(data_dir: Path, model: DecoderGAN):
     return evaluate
 
 
+def discriminator_config(preset: dict[str, dict], sample_rate: int) -> DiscriminatorConfig:
+    """The preset's discriminator section at the VQ-VAE's sample rate."""
+    return build(DiscriminatorConfig, {**(preset.get("discriminator") or {}), "sample_rate": sample_rate},
+                 "discriminator")
+
+
 def find_vqvae_dir(run_dir: Path) -> Path:
     for sub in sorted(p for p in run_dir.iterdir() if (p / "config.json").exists()):
         if read_config(sub).get("describe", {}).get("kind") == "vqvae":
@@ -186,21 +192,18 @@ def train_decoder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     for level in levels:
         if not 0 <= level < config.levels:
             raise ValueError(f"--level {level}: the VQ-VAE has levels 0..{config.levels - 1}")
-    disc_config = build(DiscriminatorConfig, {**(preset.get("discriminator") or {}),
-                                              "sample_rate": config.sample_rate}, "discriminator")
+    disc_config = discriminator_config(preset, config.sample_rate)
     torch.manual_seed(train_config.seed)
     model = DecoderGAN(vqvae, MultiScaleSTFTDiscriminator(disc_config), levels, tune.adversarial_weight,
                        tune.feature_weight)
-    multiple = vqvae.multiple()
-    chunk = max(multiple, round(tune.chunk_seconds * config.sample_rate / multiple) * multiple)
-    rows = tracks_for(data_dir, "train", config.sample_rate)
-    batches = AudioChunks(data_dir, rows, train_config.batch_size, chunk)
+    batches = training_chunks(data_dir, config.sample_rate, vqvae.multiple(), tune.chunk_seconds,
+                              train_config.batch_size)
     describe = {
         "kind": "decoder",
         "model": {"vqvae": as_dict(config), "discriminator": as_dict(disc_config), "levels": list(levels),
                   **as_dict(tune)},
         "vqvae_dir": str(vqvae_dir.resolve()),
-        "data": {"dir": str(data_dir.resolve()), "chunk_samples": chunk, "train_tracks": len(rows)},
+        "data": {"dir": str(data_dir.resolve()), "chunk_samples": batches.chunk, "train_tracks": len(batches.rows)},
         "parameters": {"decoders": sum(p.numel() for g in model.clip_groups()[:1] for p in g),
                        "discriminator": sum(p.numel() for p in model.discriminator.parameters())},
     }

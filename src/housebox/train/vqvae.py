@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from housebox.config import as_dict, build
-from housebox.data.dataset import AudioChunks, AudioDataConfig, tracks_for
+from housebox.data.dataset import AudioDataConfig, training_chunks
 from housebox.models.vqvae import VQVAE, VQVAEConfig
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
 
@@ -59,14 +59,13 @@ def train_vqvae(data_dir: str | Path, out_dir: str | Path, preset: dict[str, dic
     torch.manual_seed(train_config.seed)
     model = VQVAE(model_config)
     multiple = model.multiple()
-    chunk = max(multiple, round(data_config.chunk_seconds * model_config.sample_rate / multiple) * multiple)
-    rows = tracks_for(data_dir, "train", model_config.sample_rate)
-    batches = AudioChunks(data_dir, rows, train_config.batch_size, chunk)
+    batches = training_chunks(data_dir, model_config.sample_rate, multiple, data_config.chunk_seconds,
+                              train_config.batch_size)
     describe = {
         "kind": "vqvae",
         "model": as_dict(model_config),
-        "data": {"dir": str(data_dir.resolve()), **as_dict(data_config), "chunk_samples": chunk,
-                 "train_tracks": len(rows)},
+        "data": {"dir": str(data_dir.resolve()), **as_dict(data_config), "chunk_samples": batches.chunk,
+                 "train_tracks": len(batches.rows)},
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     return train(model, step_fn=vqvae_step, batch_fn=batches, out_dir=out_dir, config=train_config,
