@@ -23,11 +23,11 @@ N_CTX = 24
 
 
 def tiny(attention: tuple[str, ...], *, depth: int = 4, seed: int = 0, n_ctx: int = N_CTX,
-         rotary: bool = False) -> Transformer:
+         rotary: bool = False, attention_width: float = 1.0, mlp_ratio: float = 4.0) -> Transformer:
     """A small transformer with weights large enough that attention is far from uniform."""
     torch.manual_seed(seed)
     config = TransformerConfig(width=16, depth=depth, heads=2, n_ctx=n_ctx, attention=attention, block_size=BLOCK,
-                               rotary=rotary)
+                               rotary=rotary, attention_width=attention_width, mlp_ratio=mlp_ratio)
     model = Transformer(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -65,15 +65,16 @@ def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
     """Slow reference: every layer attends through an explicit T x T mask and a plain softmax."""
     B, T, D = x.shape
     H = model.config.heads
+    A = int(D * model.config.attention_width)  # width of queries, keys and values
     for block in model.blocks:
         h = block.ln1(x)
-        q, k, v = block.attn.qkv(h).split(D, dim=-1)  # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k, v = block.attn.qkv(h).split(A, dim=-1)  # 3 x (B, T, A)
+        q, k, v = (t.view(B, T, H, A // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         if model.config.rotary:
             q, k = reference_rotation(q), reference_rotation(k)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D // H)  # (B, H, T, T)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(A // H)  # (B, H, T, T)
         scores = scores.masked_fill(~mask_of(block.attn.kind, T), float("-inf"))
-        y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, A)  # (B, T, A)
         x = x + block.attn.proj(y)
         x = x + block.mlp(block.ln2(x))
     return model.ln_f(x)
@@ -105,6 +106,46 @@ def test_steps_equal_forward(attention: tuple[str, ...], batch: int, rotary: boo
     for got in (one_by_one, prefilled, mid_prefill):
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
+def test_jukebox_shape_narrow_attention_and_mlp(rotary: bool) -> None:
+    """attention_width 0.25 and mlp_ratio 1 (Jukebox's shape): parameters as defined, steps == forward == reference."""
+    model = tiny(("row", "column", "prev_block"), rotary=rotary, attention_width=0.25, mlp_ratio=1.0)
+    D, A, M = 16, 4, 16
+    block = model.blocks[0]
+    assert block.attn.qkv.weight.shape == (3 * A, D) and block.attn.proj.weight.shape == (D, A)
+    assert block.mlp.fc.weight.shape == (M, D) and block.mlp.proj.weight.shape == (D, M)
+    per_block = 3 * A * D + 3 * A + A * D + D + M * D + M + M * D + D + 4 * D  # linears + 2 LayerNorms
+    assert sum(p.numel() for p in model.parameters()) == 4 * per_block + 2 * D
+    x = torch.randn(2, 22, D, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = model(x)
+        assert (reference_forward(model, x) - expected).abs().max().item() < 1e-5
+    assert model.new_cache(2).keys[0].shape == (2, 2, N_CTX, A // 2)
+    for chunks in ([1] * 22, [7] + [1] * 15, [3, 1, 6, 1, 5] + [1] * 6):
+        assert (run_steps(model, x, chunks) - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_checkpointed_blocks_give_the_same_loss_and_gradients(dropout: float) -> None:
+    """Recomputing blocks in backward changes nothing but memory, dropout included (same RNG state)."""
+    grads, losses = [], []
+    x = torch.randn(3, 22, 16, generator=torch.Generator().manual_seed(4))
+    target = torch.randn(3, 22, 16, generator=torch.Generator().manual_seed(5))
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        config = TransformerConfig(width=16, depth=3, heads=2, n_ctx=N_CTX, attention=("row", "column", "dense"),
+                                   block_size=BLOCK, dropout=dropout, rotary=True, checkpoint_blocks=checkpointed)
+        model = Transformer(config).train()
+        torch.manual_seed(1)  # dropout masks
+        loss = (model(x) * target).mean()  # not a square: the final LayerNorm makes that ~1 whatever the weights
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_step_fills_the_whole_context() -> None:
@@ -226,6 +267,9 @@ def test_autocast_bf16() -> None:
         ({"width": 30, "heads": 4}, ["width=30", "heads=4"]),
         ({"block_size": 0, "attention": ("column",)}, ["block_size"]),
         ({"width": 6, "heads": 2, "rotary": True}, ["rotary", "even", "3"]),
+        ({"width": 16, "heads": 2, "attention_width": 0.3}, ["attention_width=0.3", "heads=2"]),
+        ({"width": 16, "mlp_ratio": 0.1}, ["mlp_ratio=0.1", "whole"]),
+        ({"mlp_ratio": 0}, ["mlp_ratio", "> 0"]),
     ],
 )
 def test_bad_config_is_one_clear_line(kwargs: dict, words: list[str]) -> None:

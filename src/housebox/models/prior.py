@@ -43,6 +43,9 @@ class PriorConfig:
     block_size: int = 32
     dropout: float = 0.0
     rotary: bool = False  # relative positions in attention (RoPE) on top of the learned absolute ones
+    attention_width: float = 1.0  # queries/keys/values as a fraction of width (Jukebox: 0.25)
+    mlp_ratio: float = 4.0  # MLP hidden width / width (Jukebox: 1.0)
+    checkpoint_blocks: bool = False  # recompute each block in backward: far less activation memory (housebox plan)
     # conditioning
     timing: bool = True  # top level only
     timing_bins: int = 64

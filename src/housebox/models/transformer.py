@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 ATTENTION_KINDS = ("dense", "row", "column", "prev_block")
 FACTORISED_KINDS = ("row", "column", "prev_block")
@@ -217,14 +218,17 @@ def cached_attention(
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention of one kind, fused QKV projection.
-    Tensor[B x T x D] -> Tensor[B x T x D]."""
+    Tensor[B x T x D] -> Tensor[B x T x D]; queries, keys and values are A = attention_dim wide
+    (A = D by default; Jukebox used A = D / 4), split into `heads` heads of A / heads."""
 
     def __init__(
-        self, *, width: int, heads: int, kind: str, block_size: int, dropout: float = 0.0, bias: bool = True
+        self, *, width: int, heads: int, kind: str, block_size: int, dropout: float = 0.0, bias: bool = True,
+        attention_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)
-        self.proj = nn.Linear(width, width, bias=bias)
+        attention_dim = width if attention_dim is None else attention_dim
+        self.qkv = nn.Linear(width, 3 * attention_dim, bias=bias)
+        self.proj = nn.Linear(attention_dim, width, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.heads = heads
         self.kind = kind
@@ -233,14 +237,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """`rotary`: (cos, sin) Tensor[>= T x hd / 2] from `rotary_tables`, or None."""
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        B, T, _ = x.shape
+        A = self.proj.in_features
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, A // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
         if rotary is not None:
             cos, sin = rotary[0][:T], rotary[1][:T]
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         dropout_p = self.dropout if self.training else 0.0
         y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        y = y.transpose(1, 2).reshape(B, T, A)  # (B, T, A)
         return self.resid_dropout(self.proj(y))
 
 
@@ -251,10 +256,10 @@ class MLP(nn.Module):
     ~6 us at batch 1, about an eighth of a sampling step at the reference size.
     """
 
-    def __init__(self, *, width: int, ratio: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, *, width: int, hidden: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        self.fc = nn.Linear(width, ratio * width, bias=bias)
-        self.proj = nn.Linear(ratio * width, width, bias=bias)
+        self.fc = nn.Linear(width, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, width, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -292,15 +297,17 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block. Tensor[B x T x D] -> Tensor[B x T x D]."""
 
     def __init__(
-        self, *, width: int, heads: int, kind: str, block_size: int, mlp_ratio: int, dropout: float, bias: bool
+        self, *, width: int, heads: int, kind: str, block_size: int, attention_dim: int, mlp_dim: int,
+        dropout: float, bias: bool,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(width, bias=bias)
         self.attn = CausalSelfAttention(
-            width=width, heads=heads, kind=kind, block_size=block_size, dropout=dropout, bias=bias
+            width=width, heads=heads, kind=kind, block_size=block_size, dropout=dropout, bias=bias,
+            attention_dim=attention_dim,
         )
         self.ln2 = nn.LayerNorm(width, bias=bias)
-        self.mlp = MLP(width=width, ratio=mlp_ratio, dropout=dropout, bias=bias)
+        self.mlp = MLP(width=width, hidden=mlp_dim, dropout=dropout, bias=bias)
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x), rotary)
@@ -328,23 +335,23 @@ def block_step(
     rotary: (cos, sin) of positions pos..pos+t-1, Tensor[t x hd / 2] each, or None. The cache holds rotated keys.
     """
     D = x.shape[1]
-    B, H = keys.shape[0], keys.shape[1]
+    B, H, hd = keys.shape[0], keys.shape[1], keys.shape[3]
     t = x.shape[0] // B
     h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
-    qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3D)
+    qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3A), A = H * hd
     if t == 1:  # sampling: a view, no permute
-        heads = qkv.view(B, 3, H, 1, D // H)  # (B, 3, H, 1, hd)
+        heads = qkv.view(B, 3, H, 1, hd)  # (B, 3, H, 1, hd)
         q, k, v = heads.unbind(1)  # 3 x (B, H, 1, hd)
         if rotary is not None:  # queries and keys in one rotation: half the kernel launches
             q, k = rotate(heads[:, :2], *rotary).unbind(1)
     else:
-        q, k, v = qkv.view(B, t, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
+        q, k, v = qkv.view(B, t, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
         if rotary is not None:
             q, k = rotate(torch.stack((q, k)), *rotary).unbind(0)
     keys.narrow(2, pos, t).copy_(k)
     values.narrow(2, pos, t).copy_(v)
     y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
-    y = y.transpose(1, 2).reshape(B * t, D)  # (B * t, D)
+    y = y.transpose(1, 2).reshape(B * t, H * hd)  # (B * t, A)
     x = x + affine(y, w.proj_t, w.proj_bias)
     h = F.layer_norm(x, (D,), w.ln2_weight, w.ln2_bias)
     return x + affine(F.gelu(affine(h, w.fc_t, w.fc_bias), approximate="tanh"), w.out_t, w.out_bias)
@@ -356,6 +363,11 @@ class TransformerConfig:
 
     attention: kinds cycled over the layers, e.g. ("row", "column", "prev_block") as in Jukebox.
     block_size: row length of the factorised kinds; n_ctx must be a multiple of it when any is used.
+    attention_width: width of queries, keys and values as a fraction of `width` (Jukebox: 0.25);
+        each head is width * attention_width / heads wide (flash-attention kernels take at most 256).
+    mlp_ratio: the MLP's hidden width as a multiple of `width` (GPT-2: 4, Jukebox: 1).
+    checkpoint_blocks: in training, keep only each block's input and recompute the rest in the
+        backward pass (torch.utils.checkpoint): activations of one block instead of all, ~1/3 more compute.
     """
 
     width: int = 128
@@ -364,18 +376,27 @@ class TransformerConfig:
     n_ctx: int = 1024
     attention: tuple[str, ...] = ("dense",)
     block_size: int = 32
-    mlp_ratio: int = 4
+    mlp_ratio: float = 4.0
     dropout: float = 0.0
     bias: bool = True
     rotary: bool = False  # rotate queries and keys by position (relative positions); see the module docstring
+    attention_width: float = 1.0
+    checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))  # YAML gives lists
-        for name in ("width", "depth", "heads", "n_ctx", "block_size", "mlp_ratio"):
+        for name in ("width", "depth", "heads", "n_ctx", "block_size"):
             if getattr(self, name) < 1:
                 raise TransformerError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.width % self.heads:
-            raise TransformerError(f"width={self.width} is not a multiple of heads={self.heads}")
+        for name in ("mlp_ratio", "attention_width"):
+            if not getattr(self, name) > 0:
+                raise TransformerError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.attention_width * self.width != self.attention_dim or self.attention_dim % self.heads:
+            raise TransformerError(
+                f"width={self.width} x attention_width={self.attention_width} is not a whole multiple of heads={self.heads}"
+            )
+        if self.mlp_ratio * self.width != self.mlp_dim:
+            raise TransformerError(f"width={self.width} x mlp_ratio={self.mlp_ratio} is not a whole number")
         if not self.attention:
             raise TransformerError(f"attention pattern is empty; use kinds from {ATTENTION_KINDS}")
         unknown = [kind for kind in self.attention if kind not in ATTENTION_KINDS]
@@ -387,8 +408,21 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TransformerError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.rotary and (self.width // self.heads) % 2:
-            raise TransformerError(f"rotary positions need an even head width, got {self.width // self.heads}")
+        if self.rotary and self.head_dim % 2:
+            raise TransformerError(f"rotary positions need an even head width, got {self.head_dim}")
+
+    @property
+    def attention_dim(self) -> int:
+        """Width of queries, keys and values (all heads together)."""
+        return int(round(self.width * self.attention_width))
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention_dim // self.heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(round(self.width * self.mlp_ratio))
 
     @property
     def factorised(self) -> bool:
@@ -434,13 +468,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(
                 width=config.width, heads=config.heads, kind=kind, block_size=config.block_size,
-                mlp_ratio=config.mlp_ratio, dropout=config.dropout, bias=config.bias,
+                attention_dim=config.attention_dim, mlp_dim=config.mlp_dim, dropout=config.dropout, bias=config.bias,
             )
             for kind in self.kinds
         )  # fmt: skip
         self.ln_f = nn.LayerNorm(config.width, bias=config.bias)
         if config.rotary:  # not saved: recomputed from the config
-            cos, sin = rotary_tables(config.n_ctx, config.width // config.heads)
+            cos, sin = rotary_tables(config.n_ctx, config.head_dim)
             self.register_buffer("rotary_cos", cos, persistent=False)
             self.register_buffer("rotary_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -468,8 +502,12 @@ class Transformer(nn.Module):
         if x.shape[1] > self.config.n_ctx:
             raise TransformerError(f"sequence length {x.shape[1]} exceeds n_ctx={self.config.n_ctx}")
         rotary = self.rotary()
+        recompute = self.config.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, rotary)
+            if recompute:  # the RNG state is kept, so dropout draws the same masks when recomputed
+                x = checkpoint(block, x, rotary, use_reentrant=False)
+            else:
+                x = block(x, rotary)
         return self.ln_f(x)
 
     def rotary(self) -> tuple[Tensor, Tensor] | None:
@@ -488,7 +526,7 @@ class Transformer(nn.Module):
         reference = self.ln_f.weight
         device = reference.device if device is None else device
         dtype = reference.dtype if dtype is None else dtype
-        shape = (batch, c.heads, c.n_ctx, c.width // c.heads)
+        shape = (batch, c.heads, c.n_ctx, c.head_dim)
 
         def buffers() -> tuple[Tensor, ...]:
             return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(c.depth))
