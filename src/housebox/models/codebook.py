@@ -2,9 +2,18 @@
 
 The codebook learns without gradients: each training batch assigns every encoder vector to its
 nearest code, and exponential moving averages of the per-code counts and sums move every code
-towards the mean of the vectors assigned to it. Codes whose EMA count falls below
-`restart_threshold` are restarted from random current encoder outputs. The encoder learns through
-the straight-through estimator and the commitment loss ||z_e - sg(z_q)||^2.
+towards the mean of the vectors assigned to it. Codes whose EMA count falls below a threshold are
+restarted from random current encoder outputs. The encoder learns through the straight-through
+estimator and the commitment loss ||z_e - sg(z_q)||^2.
+
+The threshold: with `restart_relative` it is `restart_threshold` times the count a code would get
+if the step's M vectors were spread evenly over the K codes (M / K), and a restarted code starts
+at that even share; otherwise it is the absolute count `restart_threshold`. An absolute threshold
+does not scale: at 44.1 kHz a batch of 16 x 0.4 s gives the top level ~2,200 vectors for 2,048
+codes, so a threshold of 1.0 sits at the even share and restarts most codes every step, and at
+batch 1 it restarts all of them. A relative one restarts the same share at any batch size.
+`restart_max_share` caps the codes restarted in one step (the least used go first): codes that went
+unused since initialisation all fall below the threshold in the same step otherwise.
 
 Under `torch.distributed` (any backend) and in training mode, counts and sums are all-reduced
 before the EMA update, and initialisation / restart candidates are drawn on rank 0 and broadcast,
@@ -38,6 +47,7 @@ class QuantizedResult:
     usage: scalar Tensor, fraction of the codebook used at least once in the batch
         (counted over all ranks when training under torch.distributed).
     perplexity: scalar Tensor, exp(entropy) of the batch's code histogram (1 .. codebook_size).
+    restarts: scalar Tensor, fraction of the codebook restarted by this step (0 outside training).
     """
 
     z_q: Tensor
@@ -45,6 +55,7 @@ class QuantizedResult:
     commit_loss: Tensor
     usage: Tensor
     perplexity: Tensor
+    restarts: Tensor
 
 
 def _distributed() -> bool:
@@ -98,6 +109,8 @@ class EMACodebook(nn.Module):
         code_width: int,
         decay: float = 0.99,
         restart_threshold: float = 1.0,
+        restart_relative: bool = False,
+        restart_max_share: float = 1.0,
         restart_noise: float = 0.01,
         epsilon: float = 1e-5,
     ) -> None:
@@ -108,10 +121,14 @@ class EMACodebook(nn.Module):
             raise CodebookError(f"decay must be in [0, 1), got {decay}")
         if restart_threshold < 0.0 or restart_noise < 0.0:
             raise CodebookError("restart_threshold and restart_noise must be >= 0")
+        if not 0.0 < restart_max_share <= 1.0:
+            raise CodebookError(f"restart_max_share must be in (0, 1], got {restart_max_share}")
         self.codebook_size = codebook_size
         self.code_width = code_width
         self.decay = decay
         self.restart_threshold = restart_threshold
+        self.restart_relative = restart_relative
+        self.restart_max = max(1, int(restart_max_share * codebook_size))  # codes restarted per step at most
         self.restart_noise = restart_noise
         self.epsilon = epsilon
         # Placeholder values until the first training batch replaces them with encoder outputs.
@@ -119,6 +136,7 @@ class EMACodebook(nn.Module):
         self.register_buffer("ema_counts", torch.zeros(codebook_size))
         self.register_buffer("ema_sums", torch.zeros(codebook_size, code_width))
         self.register_buffer("initialised", torch.tensor(False))
+        self.register_buffer("restarted", torch.zeros(()), persistent=False)  # share restarted by the last step
 
     def extra_repr(self) -> str:
         return f"codebook_size={self.codebook_size}, code_width={self.code_width}, decay={self.decay}"
@@ -131,8 +149,21 @@ class EMACodebook(nn.Module):
         """Tensor[B x D x N] -> float32 Tensor[(B*N) x D], detached."""
         return z.detach().float().transpose(1, 2).reshape(-1, self.code_width)  # (B*N, D)
 
-    def _fresh_count(self) -> float:
-        """EMA count given to a newly initialised or restarted code."""
+    @staticmethod
+    def _total(vectors: Tensor) -> int:
+        """Vectors in this step over all ranks (equal batches on every rank), known without a device sync."""
+        return vectors.shape[0] * (dist.get_world_size() if _distributed() else 1)
+
+    def _threshold(self, vectors: int) -> float:
+        """EMA count below which a code is restarted, for a step of `vectors` vectors (all ranks)."""
+        if self.restart_relative:
+            return self.restart_threshold * vectors / self.codebook_size
+        return self.restart_threshold
+
+    def _fresh_count(self, vectors: int) -> float:
+        """EMA count given to a newly initialised or restarted code, for a step of `vectors` vectors (all ranks)."""
+        if self.restart_relative:
+            return max(self._threshold(vectors), vectors / self.codebook_size)
         return max(self.restart_threshold, 1.0)
 
     def _sample_candidates(self, vectors: Tensor, *, always_jitter: bool) -> Tensor:
@@ -149,10 +180,10 @@ class EMACodebook(nn.Module):
         return picked
 
     @torch.no_grad()
-    def _initialise(self, vectors: Tensor) -> None:
-        """Set every code to a (distinct where possible) random encoder output Tensor[M x D]."""
+    def _initialise(self, vectors: Tensor, total: int) -> None:
+        """Set every code to a (distinct where possible) random encoder output Tensor[M x D]; `total`: M over all ranks."""
         candidates = self._sample_candidates(vectors, always_jitter=vectors.shape[0] < self.codebook_size)
-        fresh = self._fresh_count()
+        fresh = self._fresh_count(total)
         self.embeddings.copy_(candidates)
         self.ema_counts.fill_(fresh)
         self.ema_sums.copy_(candidates * fresh)
@@ -170,14 +201,20 @@ class EMACodebook(nn.Module):
         means = self.ema_sums / self.ema_counts.clamp(min=self.epsilon).unsqueeze(1)  # (K, D)
         self.embeddings.copy_(torch.where(alive.unsqueeze(1), means, self.embeddings))
         if self.restart_threshold > 0.0:
-            self._restart_dead(vectors)
+            self._restart_dead(vectors, self._total(vectors))
 
     @torch.no_grad()
-    def _restart_dead(self, vectors: Tensor) -> None:
+    def _restart_dead(self, vectors: Tensor, total: int) -> None:
         """Move codes whose EMA count is below the threshold onto random current vectors Tensor[M x D]."""
-        dead = (self.ema_counts < self.restart_threshold).unsqueeze(1)  # (K, 1)
+        dead = self.ema_counts < self._threshold(total)  # (K,)
+        if self.restart_max < self.codebook_size:  # only the least used ones, so no step replaces the codebook
+            rank = torch.empty_like(self.ema_counts, dtype=torch.long)
+            rank[self.ema_counts.argsort(stable=True)] = torch.arange(self.codebook_size, device=rank.device)
+            dead &= rank < self.restart_max
+        dead = dead.unsqueeze(1)  # (K, 1)
+        self.restarted.copy_(dead.float().mean())
         candidates = self._sample_candidates(vectors, always_jitter=True)
-        fresh = self._fresh_count()
+        fresh = self._fresh_count(total)
         self.embeddings.copy_(torch.where(dead, candidates, self.embeddings))
         self.ema_sums.copy_(torch.where(dead, candidates * fresh, self.ema_sums))
         self.ema_counts.copy_(torch.where(dead.squeeze(1), torch.full_like(self.ema_counts, fresh), self.ema_counts))
@@ -189,7 +226,7 @@ class EMACodebook(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             vectors = self._flatten(z)  # (B*N, D)
             if self.training and vectors.shape[0] > 0 and not bool(self.initialised):
-                self._initialise(vectors)
+                self._initialise(vectors, self._total(vectors))
             embeddings = self.embeddings.float()
             codes = nearest_codes(vectors, embeddings)  # (B*N,)
             counts = torch.bincount(codes, minlength=self.codebook_size).float()  # (K,)
@@ -203,12 +240,14 @@ class EMACodebook(nn.Module):
             commit_loss = F.mse_loss(z_e, z_q)
             z_q = z_e + (z_q - z_e).detach()  # straight-through estimator
             usage, perplexity = code_statistics(counts)
+        restarts = self.restarted.clone() if self.training and self.restart_threshold > 0.0 else torch.zeros(())
         return QuantizedResult(
             z_q=z_q.to(z.dtype),
             codes=codes.view(batch, length),
             commit_loss=commit_loss,
             usage=usage,
             perplexity=perplexity,
+            restarts=restarts.to(counts.device),
         )
 
     @torch.no_grad()

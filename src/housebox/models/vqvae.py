@@ -197,6 +197,8 @@ class VQVAEConfig:
     code_width: int = 64
     ema_decay: float = 0.99
     restart_threshold: float = 1.0
+    restart_relative: bool = False  # threshold as a share of an even spread of the step's vectors (codebook.py)
+    restart_max_share: float = 1.0  # at most this share of the codebook restarted in one step
     commitment_weight: float = 0.02
     spectral_weight: float = 0.1  # multi-resolution STFT loss; Jukebox added a spectral term too
     l2_weight: float = 1.0
@@ -235,6 +237,7 @@ class LevelMetrics:
     commit_loss: Tensor
     usage: Tensor
     perplexity: Tensor
+    restarts: Tensor
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ class VQVAEOutput:
         names = ["loss", "recon_loss", "spectral_loss", "commit_loss"]
         values = [self.loss, self.recon_loss, self.spectral_loss, self.commit_loss]
         for level, metrics in enumerate(self.levels):
-            for field in ("recon_loss", "spectral_loss", "commit_loss", "usage", "perplexity"):
+            for field in ("recon_loss", "spectral_loss", "commit_loss", "usage", "perplexity", "restarts"):
                 names.append(f"l{level}/{field}")
                 values.append(getattr(metrics, field))
         numbers = torch.stack([v.detach().float() for v in values]).tolist()
@@ -289,6 +292,8 @@ class VQVAE(nn.Module):
                 code_width=config.code_width,
                 decay=config.ema_decay,
                 restart_threshold=config.restart_threshold,
+                restart_relative=config.restart_relative,
+                restart_max_share=config.restart_max_share,
             )
             for _ in config.downs
         )
@@ -340,6 +345,7 @@ class VQVAE(nn.Module):
             commit_loss=quantized.commit_loss.detach(),
             usage=quantized.usage.detach(),
             perplexity=quantized.perplexity.detach(),
+            restarts=quantized.restarts.detach(),
         )
         return recon, quantized, metrics, loss
 
