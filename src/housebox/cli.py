@@ -193,6 +193,17 @@ def _cmd_evaluate_vqvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from housebox.train.plan import format_plan, plan_disk, plan_models
+
+    preset = _preset(args)
+    plans = plan_models(preset, device=args.device, artists=args.artists, genres=args.genres)
+    disk = plan_disk(preset, args.hours) if args.hours else None
+    print(f"housebox plan: preset {args.preset}, training on {args.device}")
+    print(format_plan(plans, args.gpu_memory, disk))
+    return 0
+
+
 def _device(name: str) -> str:
     from housebox.train.distributed import pick_device
 
@@ -287,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     budget = k.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="wall-clock budget for all stages together")
     budget.add_argument("--steps-from-preset", action="store_true", help="use each stage's steps from the preset")
+
+    from housebox.config import preset_names
+
+    p = verbs.add_parser("plan", help="memory per model and disk for your catalogue, before you train",
+                         description="Estimate, from the model definitions, what training a preset needs: "
+                                     "parameters, weights, gradients, AdamW and EMA bytes, activations per batch "
+                                     "item with and without activation checkpointing, the largest batch that fits "
+                                     "--gpu-memory, and for --hours of audio the disk and index sizes.")
+    p.add_argument("--preset", default="jukebox", help=f"{' | '.join(preset_names())} or a YAML path (default jukebox)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override one preset field, e.g. prior.checkpoint_blocks=true (repeatable)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of one GPU in GiB, e.g. 24")
+    p.add_argument("--hours", type=float, help="hours of audio in the catalogue, e.g. 50")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="where training runs: decides the autocast dtype (default cuda: bf16)")
+    p.add_argument("--artists", type=int, default=50, help="artists in the catalogue (label table size; default 50)")
+    p.add_argument("--genres", type=int, default=5, help="genres in the catalogue (default 5)")
+    p.set_defaults(func=_cmd_plan)
 
     p = verbs.add_parser("sample", help="generate tracks from a trained run",
                          description="Sample top-level codes, upsample level by level and decode to wav.")
