@@ -34,9 +34,9 @@ def encode_track(model: VQVAE, audio: np.ndarray, window_seconds: float = 20.0, 
     """int16 mono `[T]` -> codes per level, int64 `[ceil(T / hop_max) * hop_max / hop_l]`."""
     device = next(model.parameters()).device
     sr, top = model.config.sample_rate, model.multiple()
-    window = max(top, int(window_seconds * sr) // top * top)
-    margin = int(margin_seconds * sr) // top * top
     total = -(-len(audio) // top) * top
+    window = max(top, min(int(window_seconds * sr) // top * top, total))  # a short track: one window its length
+    margin = int(margin_seconds * sr) // top * top
     signal = np.zeros(total + 2 * margin, dtype=np.float32)
     signal[margin : margin + len(audio)] = audio / 32768.0
     starts = list(range(0, total, window))

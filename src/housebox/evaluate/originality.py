@@ -525,14 +525,15 @@ def build_code_index(data_dir: str | Path, level: int, config: OriginalityConfig
     rows = [r for r in read_manifest(data_dir) if (data_dir / "codes" / f"l{level}" / f"{r['id']}.npy").exists()]
     if not rows:
         raise OriginalityError(f"{data_dir}: the code cache has no level-{level} codes")
-    arrays = [np.load(data_dir / "codes" / f"l{level}" / f"{r['id']}.npy", mmap_mode="r") for r in rows]
-    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    paths = [data_dir / "codes" / f"l{level}" / f"{r['id']}.npy" for r in rows]
+    # one map at a time, closed at once (a list of maps would hold a descriptor per track)
+    lengths = np.array([np.load(p, mmap_mode="r").shape[0] for p in paths], dtype=np.int64)
     if lengths.sum() > config.max_index_tokens:
         raise OriginalityError(f"level {level}: {lengths.sum()} training tokens, more than max_index_tokens "
                                f"({config.max_index_tokens})")
     tokens_per_second = meta["sample_rate"] / meta["hops"][level]
     k = ngram_size(tokens_per_second, config)
-    codes = np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays])  # (N,)
+    codes = np.concatenate([np.load(p).astype(np.int64) for p in paths])  # (N,): each file read and closed
     starts = np.concatenate([[0], np.cumsum(lengths)])  # (tracks + 1,)
     hashes = ngram_hashes(codes, k)  # (N - k + 1,)
     positions = np.arange(hashes.size, dtype=np.int64)
