@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.housebox-installed
 SYSTEM_PACKAGES := espeak-ng chromium
 
-.PHONY: demo test test-demo test-fast install system-deps bench realmusic clean
+.PHONY: demo test test-demo test-fast install system-deps bench realmusic gpu-check clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# On a CUDA machine (under 8 minutes): the `cuda` tests, peak training memory of `jukebox`-shaped models
+# against `housebox plan`, GPU sampling speed; one markdown table. Without CUDA: one line, exit 0.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 # The real-music development set (Debian's free game music, never committed) and the end-to-end bench on it.
 realmusic: $(STAMP)
