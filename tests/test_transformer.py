@@ -170,6 +170,32 @@ def test_one_layer_sees_exactly_its_mask(kind: str) -> None:
     assert torch.equal(seen, mask_of(kind, T)), f"{kind}: gradient pattern differs from the definition"
 
 
+@pytest.mark.parametrize("kind", ["dense", "row", "column"])
+def test_bidirectional_layer_sees_its_whole_window_row_or_column(kind: str) -> None:
+    """causal=False (masked upsamplers): the definitions without j <= i; prev_block is refused; no cached step."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(width=16, depth=1, heads=2, n_ctx=N_CTX, attention=(kind,),
+                                          block_size=BLOCK, causal=False))
+    with torch.no_grad():  # as `tiny`: weights far from the init (a plain final LayerNorm sums to a constant)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    T = 16
+    x = torch.randn(1, T, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    y = model(x)
+    seen = torch.zeros(T, T, dtype=torch.bool)
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        seen[t] = grad[0].abs().sum(dim=-1) > 0
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    expected = {"dense": torch.ones(T, T, dtype=torch.bool), "row": i // BLOCK == j // BLOCK,
+                "column": i % BLOCK == j % BLOCK}[kind]
+    assert torch.equal(seen, expected)
+    with pytest.raises(TransformerError, match="no cached step"):
+        model.step(x[:, :1].detach(), model.new_cache(1), 0)
+    with pytest.raises(TransformerError, match="prev_block"):
+        TransformerConfig(attention=("row", "prev_block"), causal=False)
+
+
 @pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("attention", PATTERNS, ids="-".join)
 def test_deep_stack_is_causal(attention: tuple[str, ...], rotary: bool) -> None:

@@ -85,7 +85,10 @@ def _cmd_train_decoder(args: argparse.Namespace) -> int:
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     from housebox.train.prior import train_prior
 
-    result = train_prior(args.data, args.output, args.level, _preset(args), upsampler=args.kind == "upsampler",
+    preset = _preset(args)
+    if getattr(args, "model_kind", None):  # train upsampler --kind: the upsampler section's kind
+        preset["upsampler"] = {**(preset.get("upsampler") or {}), "kind": args.model_kind}
+    result = train_prior(args.data, args.output, args.level, preset, upsampler=args.kind == "upsampler",
                          resume=args.resume, device=args.device)
     state = "stopped" if result.interrupted else "finished"
     validation = result.validation_summary("bits_per_token", "bits/token")
@@ -122,7 +125,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         beat_guidance=args.beat_guidance,
         seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
         prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
-        bpm=args.bpm,
+        bpm=args.bpm, upsample_steps=args.upsample_steps,
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
@@ -288,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         k = kinds.add_parser(kind, help=text, description=f"Train {text}, on the code cache of --data.")
         _add_training_flags(k)
         k.add_argument("--level", type=int, required=True, help="VQ-VAE level (top prior: 2; upsamplers: 1 and 0)")
+        if kind == "upsampler":
+            k.add_argument("--kind", dest="model_kind", choices=["autoregressive", "masked"],
+                           help="autoregressive (one token per step) or masked (a few passes per window); "
+                                "default: the preset's upsampler.kind")
         k.set_defaults(func=_cmd_train_prior)
 
     k = kinds.add_parser("all", help="every model in order: VQ-VAE, code cache, top prior, upsamplers",
@@ -336,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beat-guidance", type=float, default=3.0,
                    help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; 1: off)")
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
+    p.add_argument("--upsample-steps", type=int, default=12,
+                   help="passes per window of a masked upsampler (default 12)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "

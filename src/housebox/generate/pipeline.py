@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from housebox.generate.sampling import sample_codes
+from housebox.generate.sampling import sample_codes, sample_masked
 from housebox.models.conditioning import Labels
 from housebox.models.load import load_prior, load_vqvae
 from housebox.models.prior import Prior
@@ -45,6 +45,7 @@ class SampleSettings:
     continue_codes: str | None = None  # codes.npz whose top-level codes are continued
     upsample_only: bool = False  # take the top-level codes of continue_codes as they are
     bpm: float | None = None  # tempo of the beat clock; None: the prime's beat grid, else the artist's median tempo
+    upsample_steps: int = 12  # passes per window of a masked upsampler
 
 
 @dataclass
@@ -159,6 +160,12 @@ def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings
     """Codes at `level` from the codes of `level + 1`: LongTensor[n x N] -> LongTensor[n x N * ratio]."""
     prior = run.priors[level]
     n_tokens = codes_above.shape[1] * prior.config.upper_ratio
+    if prior.config.masked:
+        return sample_masked(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
+                             beats=level_beats(run, grids, level, n_tokens), steps=settings.upsample_steps,
+                             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                             cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction, generator=generator,
+                             progress=progress, desc=f"level {level} (masked, {settings.upsample_steps} passes)")
     return sample_codes(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
                         beats=level_beats(run, grids, level, n_tokens),
                         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,

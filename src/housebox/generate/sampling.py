@@ -6,6 +6,7 @@ Plain functions with explicit arguments and an explicit `torch.Generator`: same 
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -188,6 +189,123 @@ def _sample_codes(
                 next_ids = codes[:, start + pos : start + pos + 1]
                 next_ids = torch.cat([next_ids] * copies)
                 logits = prior.step(next_ids, context, cache, pos + 1)[:, -1]
+        known = start + length
+        start += step
+    bar.close()
+    return codes
+
+
+def unmask_schedule(hidden: int, steps: int) -> list[int]:
+    """How many of a window's `hidden` positions are still hidden after each of `steps` passes:
+    round(hidden * cos(pi/2 * k / steps)) for k = 1..steps, ending at 0 (MaskGIT's cosine schedule;
+    every pass reveals at least one position while any is left)."""
+    left, out = hidden, []
+    for k in range(1, steps + 1):
+        target = int(round(hidden * math.cos(math.pi / 2 * k / steps))) if k < steps else 0
+        left = min(max(target, 0), max(left - 1, 0))
+        out.append(left)
+    return out
+
+
+def sample_masked(prior: Prior, *, threads: int | None = None, **kwargs) -> Tensor:
+    """See `_sample_masked`; on CPU, runs with `threads` threads (None: torch's setting: a pass is compute-bound)."""
+    with sampling_threads(prior.head.weight.device, threads):
+        return _sample_masked(prior, **kwargs)
+
+
+@torch.inference_mode()
+def _sample_masked(
+    prior: Prior,
+    *,
+    n_tokens: int,
+    labels: Labels,
+    upper: Tensor,
+    total_tokens: int | None = None,
+    prime: Tensor | None = None,
+    beats: Tensor | None = None,
+    steps: int = 12,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cfg_scale: float = 1.0,
+    remask_noise: float = 1.0,
+    hop_fraction: float = 0.5,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    desc: str = "upsample",
+) -> Tensor:
+    """Codes LongTensor[B x n_tokens] from a masked upsampler, window by window, `steps` passes per window.
+
+    A window starts with every code not yet known hidden (MASK). Each pass runs the whole window once,
+    draws a code for every hidden position, and keeps the most confident of them (log-probability of the
+    drawn code plus Gumbel noise of scale `remask_noise`, annealed to 0 over the passes); the others are
+    hidden again, `unmask_schedule` many. The sampling temperature is annealed from `temperature` to half
+    of it over the passes (early passes explore, late ones settle). Windows start `hop_fraction * n_ctx`
+    tokens apart; the codes a window shares with the one before are kept as they are (no seam), and a
+    `prime` fixes the first codes. `cfg_scale` > 1: classifier-free guidance against the label-dropped
+    model. Same generator state, same codes.
+    """
+    config = prior.config
+    if not config.masked:
+        raise ValueError("sample_masked needs a masked upsampler (kind: masked); use sample_codes")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = prior.head.weight.device
+    b, n = labels.artist.shape[0], config.n_ctx
+    total_tokens = total_tokens or n_tokens
+    if beats is not None:
+        beats = beats.to(device)
+    codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
+    known = 0
+    if prime is not None:
+        known = min(prime.shape[1], n_tokens)
+        codes[:, :known] = prime[:, :known].to(device)
+    copies = 2 if cfg_scale != 1.0 else 1
+    run_labels = labels
+    if copies == 2:
+        dropped = prior.labels.dropped_like(labels)
+        run_labels = Labels(artist=torch.cat([labels.artist, dropped.artist]),
+                            genres=torch.cat([labels.genres, dropped.genres]))
+        upper = torch.cat([upper] * 2)
+        beats = torch.cat([beats] * 2) if beats is not None else None
+    step = max(config.upper_ratio, int(n * hop_fraction) // config.upper_ratio * config.upper_ratio)
+    step = max(config.mask_span, step // config.mask_span * config.mask_span)
+    generator = generator or torch.Generator().manual_seed(0)
+    bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
+    start = 0
+    while known < n_tokens:
+        while known - start >= n:  # a long prime: slide until the frontier is inside the window
+            start += step
+        length = min(n, n_tokens - start)
+        cond = _window_conditioning(run_labels, start, total_tokens, upper, prior, beats)
+        context = prior.context(cond)  # (B', n_ctx, D)
+        window = torch.full((b, n), prior.mask_id, dtype=torch.long, device=device)  # past the track: MASK
+        window[:, :length] = codes[:, start : start + length]
+        given = known - start
+        hidden = torch.zeros(b, n, dtype=torch.bool, device=device)
+        hidden[:, given:length] = True
+        window[hidden] = prior.mask_id
+        schedule = unmask_schedule(length - given, steps)
+        for k, left in enumerate(schedule):
+            logits = prior.window_logits(torch.cat([window] * copies), context)[:, :length].float()  # (B', L, V)
+            if copies == 2:
+                logits = guided_logits(logits.reshape(2 * b * length, -1), [cfg_scale]).view(b, length, -1)
+            warmth = 1.0 - 0.5 * k / max(len(schedule) - 1, 1)  # temperature: from 1x to 0.5x
+            filtered = filter_logits(logits.reshape(b * length, -1), temperature * warmth, top_k, top_p)
+            uniforms = torch.rand(b * length, generator=generator).to(device)
+            gumbel = -torch.log(-torch.log(torch.rand(b, length, generator=generator).clamp(1e-9, 1 - 1e-9)))
+            drawn = draw(filtered, uniforms).view(b, length)  # (B, L)
+            log_probs = torch.log_softmax(filtered, dim=-1).gather(1, drawn.view(-1, 1)).view(b, length)
+            confidence = log_probs + remask_noise * (1.0 - (k + 1) / len(schedule)) * gumbel.to(device)
+            confidence = confidence.masked_fill(~hidden[:, :length], float("inf"))  # known codes stay
+            window[:, :length] = torch.where(hidden[:, :length], drawn, window[:, :length])
+            hidden[:, :length] = False
+            if left:  # hide again the `left` least confident of this pass's draws
+                lowest = confidence.topk(left, dim=1, largest=False).indices  # (B, left)
+                hidden.scatter_(1, lowest, True)
+                window[hidden] = prior.mask_id
+        codes[:, start : start + length] = window[:, :length]
+        bar.update(start + length - known)
         known = start + length
         start += step
     bar.close()

@@ -4,11 +4,18 @@ Position t of a window reads the code at t-1 (position 0 reads a start token car
 predicts the code at t. On top of token and position embeddings come the labels (position 0), timing
 (top level: where in the track each position lies), the beat clock (where in the beat and the bar,
 when `beat_clock` is on) and, for upsamplers, the codes of the level above.
-Read top-down: PriorConfig -> Prior (embed -> transformer -> head).
+
+`kind: masked` (upsamplers only) makes the same model a masked one (SoundStorm / MaskGIT style): a
+bidirectional transformer whose position t reads the code at t itself, or a MASK token where the code
+is hidden, and predicts the code at t; training hides a cosine-scheduled share of each window
+(`mask_positions`) and scores the hidden positions only; decoding fills a window in a few passes
+(generate/sampling.py: `sample_masked`).
+Read top-down: PriorConfig -> mask_positions -> Prior (embed -> transformer -> head).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -57,11 +64,23 @@ class PriorConfig:
     beat_harmonics: int = 8  # Fourier harmonics of the beat and bar phase
     beats_per_bar: int = 4
     clock_dropout: float = 0.0  # share of windows trained with the clock unknown: lets sampling guide by the clock
+    kind: str = "autoregressive"  # or "masked": an upsampler that fills windows in a few passes (module docstring)
+    mask_span: int = 1  # masked: hide spans of this many tokens in training
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))
         if self.upper_codebook_size and self.n_ctx % self.upper_ratio:
             raise ValueError(f"n_ctx {self.n_ctx} must be a multiple of the upper ratio {self.upper_ratio}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.masked and not self.is_upsampler:
+            raise ValueError("kind: masked is for upsamplers; the top-level prior is autoregressive")
+        if self.mask_span < 1 or (self.masked and self.n_ctx % self.mask_span):
+            raise ValueError(f"mask_span must be >= 1 and divide n_ctx {self.n_ctx}, got {self.mask_span}")
+
+    @property
+    def masked(self) -> bool:
+        return self.kind == "masked"
 
     @property
     def is_upsampler(self) -> bool:
@@ -70,7 +89,28 @@ class PriorConfig:
     def transformer(self) -> TransformerConfig:
         """The transformer's fields that this config also has (a new shared field needs no edit here)."""
         shared = {f.name for f in fields(TransformerConfig)} & {f.name for f in fields(self)}
-        return TransformerConfig(**{name: getattr(self, name) for name in shared})
+        return TransformerConfig(**{name: getattr(self, name) for name in shared}, causal=not self.masked)
+
+
+KINDS = ("autoregressive", "masked")
+
+
+def mask_positions(valid: Tensor, span: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """Which positions a masked model's training window hides: BoolTensor[B x T] of the same shape as `valid`.
+
+    Each window draws u ~ U(0, 1) and hides round(cos(pi u / 2) * T / span) of its T / span spans (at least
+    one): the cosine schedule of MaskGIT, so that training sees every share decoding passes through, more of
+    the heavily masked ones. Spans are contiguous runs of `span` tokens. T must be a multiple of span.
+    Only positions that are `valid` (inside the track) are counted as hidden."""
+    b, t = valid.shape
+    spans = t // span
+    u = torch.rand(b, generator=generator)
+    hidden = (torch.cos(math.pi / 2 * u) * spans).round().clamp(min=1).long()  # (B,) spans to hide
+    scores = torch.rand(b, spans, generator=generator)  # a random order of the spans of each window
+    rank = scores.argsort(dim=1).argsort(dim=1)  # (B, spans): each span's place in that order
+    chosen = (rank < hidden[:, None]).repeat_interleave(span, dim=1).to(valid.device) & valid  # (B, T)
+    first_valid = torch.zeros_like(valid).scatter_(1, valid.long().argmax(dim=1, keepdim=True), True) & valid
+    return torch.where(chosen.any(dim=1, keepdim=True), chosen, first_valid)  # a target in every window that has one
 
 
 @dataclass(frozen=True)
@@ -97,7 +137,8 @@ class Prior(nn.Module):
         self.config = config
         v, d = config.codebook_size, config.width
         self.start_id = v
-        self.token = nn.Embedding(v + 1, d)  # + the start token at position 0
+        self.mask_id = v + 1 if config.masked else None
+        self.token = nn.Embedding(v + (2 if config.masked else 1), d)  # + the start token (+ the MASK token)
         self.position = nn.Embedding(config.n_ctx, d)
         self.labels = LabelEmbedding(n_artists=config.n_artists, n_genres=config.n_genres, width=d)
         self.timing = (TimingEmbedding(bins=config.timing_bins, max_seconds=config.max_seconds, width=d)
@@ -142,11 +183,27 @@ class Prior(nn.Module):
         start = torch.full_like(codes[:, :1], self.start_id)
         return torch.cat([start, codes[:, :-1]], dim=1)
 
-    def forward(self, codes: Tensor, cond: Conditioning, targets_mask: Tensor | None = None) -> PriorOutput:
-        """Teacher-forced logits for codes LongTensor[B x T] (T <= n_ctx); mask BoolTensor[B x T] marks real codes."""
-        t = codes.shape[1]
-        x = self.token(self.inputs(codes)) + self.context(cond)[:, :t]  # (B, T, D)
-        logits = self.head(self.transformer(x))  # (B, T, V)
+    def window_logits(self, ids: Tensor, context: Tensor) -> Tensor:
+        """Logits Tensor[B x T x V] for input ids LongTensor[B x T] over a whole window from position 0,
+        `context` = `self.context(cond)`. One transformer pass (a masked model's decoding pass)."""
+        x = self.token(ids) + context[:, : ids.shape[1]]  # (B, T, D)
+        return self.head(self.transformer(x))
+
+    def forward(self, codes: Tensor, cond: Conditioning, targets_mask: Tensor | None = None,
+                hidden: Tensor | None = None) -> PriorOutput:
+        """Logits for codes LongTensor[B x T] (T <= n_ctx); `targets_mask` BoolTensor[B x T] marks real codes.
+
+        Autoregressive: teacher-forced, every real code is a target. Masked: `hidden` BoolTensor[B x T]
+        (from `mask_positions`) says which codes the model sees as MASK; only those are targets."""
+        if self.config.masked:
+            if hidden is None:
+                raise ValueError("a masked model needs `hidden`: which positions to predict (mask_positions)")
+            outside = hidden if targets_mask is None else hidden | ~targets_mask  # past the track: MASK, as decoding
+            ids = codes.masked_fill(outside, self.mask_id)
+            targets_mask = hidden if targets_mask is None else hidden & targets_mask
+        else:
+            ids = self.inputs(codes)
+        logits = self.window_logits(ids, self.context(cond))  # (B, T, V)
         targets = codes if targets_mask is None else codes.masked_fill(~targets_mask, -100)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         tokens = (targets != -100).sum()

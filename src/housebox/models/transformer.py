@@ -12,6 +12,9 @@ Attention kinds (Jukebox's sparse-transformer variants). Positions are arranged 
 - prev_block: j // block_size == i // block_size - 1, or j == i    (the whole previous row, and itself)
 Every query sees at least itself. The training `forward` computes the factorised kinds on
 reshaped blocks, O(n * sqrt n) memory and compute when block_size ~ sqrt n_ctx; no n x n mask is built.
+With `causal=False` (the masked upsamplers: every position sees the whole window) the conditions
+`j <= i` are dropped: dense sees every key, row its whole row, column its whole column; prev_block,
+a causal pattern by design, is refused. Such a transformer has no `step` (nothing is decoded in order).
 
 Sampling goes through `Transformer.step` with a `KVCache` made by `Transformer.new_cache`: one
 preallocated key and value buffer per layer, new keys written in place, the layer parameters fetched
@@ -113,32 +116,35 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def blockwise_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0, causal: bool = True
 ) -> Tensor:
     """Factorised causal attention on rows of `block_size` positions.
 
     q, k, v: Tensor[B x H x T x hd] for positions 0..T-1 -> Tensor[B x H x T x hd].
     T is zero-padded on the right to a multiple of block_size; padded positions come after every
-    real one, so no real query sees them, and their outputs are dropped. The short sequences
+    real one, so no real query sees them, and their outputs are dropped. With causal=False (row and
+    column only) a query sees its whole row or column; T must then be a multiple of block_size. The short sequences
     (rows, columns) are folded into the head dimension so SDPA gets 4-d inputs (its fused kernels
     take nothing else).
     """
     B, H, T, hd = q.shape
     b = block_size
     pad = -T % b
+    if pad and not causal:
+        raise TransformerError(f"bidirectional {kind} attention needs a length that is a multiple of {b}, got {T}")
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))  # (B, H, T + pad, hd)
     rows = (T + pad) // b
     if kind == "row":
         q, k, v = (x.reshape(B, H * rows, b, hd) for x in (q, k, v))  # (B, H * rows, b, hd): one sequence per row
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
     elif kind == "column":
         q, k, v = (
             x.reshape(B, H, rows, b, hd).transpose(2, 3).reshape(B, H * b, rows, hd) for x in (q, k, v)
         )  # (B, H * b, rows, hd): one sequence per column
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
         y = y.view(B, H, b, rows, hd).transpose(2, 3)  # (B, H, rows, b, hd)
-    elif kind == "prev_block":
+    elif kind == "prev_block" and causal:
         q = q.reshape(B, H * rows, b, hd)  # (B, H * rows, b, hd)
         k, v = (with_previous_row(x.reshape(B, H, rows, b, hd)).reshape(B, H * rows, 2 * b, hd) for x in (k, v))
         mask = prev_block_mask(b, device=q.device).repeat(rows, 1, 1)  # (rows, b, 2b)
@@ -150,15 +156,15 @@ def blockwise_attention(
 
 
 def causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, *, kind: str, block_size: int, dropout_p: float = 0.0, causal: bool = True
 ) -> Tensor:
-    """Attention of one kind over a whole sequence from position 0.
+    """Attention of one kind over a whole sequence from position 0 (causal=False: bidirectional).
 
     q, k, v: Tensor[B x H x T x hd] -> Tensor[B x H x T x hd].
     """
     if kind == "dense":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    return blockwise_attention(q, k, v, kind=kind, block_size=block_size, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    return blockwise_attention(q, k, v, kind=kind, block_size=block_size, dropout_p=dropout_p, causal=causal)
 
 
 def single_query_attention(
@@ -223,7 +229,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(
         self, *, width: int, heads: int, kind: str, block_size: int, dropout: float = 0.0, bias: bool = True,
-        attention_dim: int | None = None,
+        attention_dim: int | None = None, causal: bool = True,
     ) -> None:
         super().__init__()
         attention_dim = width if attention_dim is None else attention_dim
@@ -234,6 +240,7 @@ class CausalSelfAttention(nn.Module):
         self.kind = kind
         self.block_size = block_size
         self.dropout = dropout
+        self.causal = causal
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """`rotary`: (cos, sin) Tensor[>= T x hd / 2] from `rotary_tables`, or None."""
@@ -244,7 +251,8 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rotary[0][:T], rotary[1][:T]
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         dropout_p = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p)  # (B, H, T, hd)
+        y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p,
+                             causal=self.causal)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, A)  # (B, T, A)
         return self.resid_dropout(self.proj(y))
 
@@ -298,13 +306,13 @@ class Block(nn.Module):
 
     def __init__(
         self, *, width: int, heads: int, kind: str, block_size: int, attention_dim: int, mlp_dim: int,
-        dropout: float, bias: bool,
+        dropout: float, bias: bool, causal: bool = True,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(width, bias=bias)
         self.attn = CausalSelfAttention(
             width=width, heads=heads, kind=kind, block_size=block_size, dropout=dropout, bias=bias,
-            attention_dim=attention_dim,
+            attention_dim=attention_dim, causal=causal,
         )
         self.ln2 = nn.LayerNorm(width, bias=bias)
         self.mlp = MLP(width=width, hidden=mlp_dim, dropout=dropout, bias=bias)
@@ -368,6 +376,7 @@ class TransformerConfig:
     mlp_ratio: the MLP's hidden width as a multiple of `width` (GPT-2: 4, Jukebox: 1).
     checkpoint_blocks: in training, keep only each block's input and recompute the rest in the
         backward pass (torch.utils.checkpoint): activations of one block instead of all, ~1/3 more compute.
+    causal: False for a bidirectional transformer (masked upsamplers): dense, row and column kinds only.
     """
 
     width: int = 128
@@ -382,6 +391,7 @@ class TransformerConfig:
     rotary: bool = False  # rotate queries and keys by position (relative positions); see the module docstring
     attention_width: float = 1.0
     checkpoint_blocks: bool = False
+    causal: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))  # YAML gives lists
@@ -408,6 +418,9 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TransformerError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.causal and "prev_block" in self.attention:
+            raise TransformerError("prev_block attention is causal by design; a bidirectional transformer "
+                                   "takes dense, row or column")
         if self.rotary and self.head_dim % 2:
             raise TransformerError(f"rotary positions need an even head width, got {self.head_dim}")
 
@@ -469,6 +482,7 @@ class Transformer(nn.Module):
             Block(
                 width=config.width, heads=config.heads, kind=kind, block_size=config.block_size,
                 attention_dim=config.attention_dim, mlp_dim=config.mlp_dim, dropout=config.dropout, bias=config.bias,
+                causal=config.causal,
             )
             for kind in self.kinds
         )  # fmt: skip
@@ -547,6 +561,8 @@ class Transformer(nn.Module):
         equal to forward(whole sequence)[:, pos : pos + t]. Writes their keys and values into `cache`.
         """
         B, t, D = x.shape
+        if not self.config.causal:
+            raise TransformerError("a bidirectional transformer has no cached step: run forward on the whole window")
         if B != cache.batch or D != self.config.width:
             raise TransformerError(f"expected input [{cache.batch} x t x {self.config.width}], got {list(x.shape)}")
         if pos < 0 or pos + t > self.config.n_ctx:

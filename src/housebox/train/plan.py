@@ -174,10 +174,11 @@ def plan_prior(config: PriorConfig, train: TrainConfig, name: str, dtype: torch.
             upper=torch.zeros(1, n // config.upper_ratio, dtype=torch.long) if config.is_upsampler else None,
             beats=torch.zeros(1, n, dtype=dtype) if config.beat_clock else None,
         )
+        hidden = torch.ones(1, n, dtype=torch.bool) if config.masked else None  # a masked model's targets
     traces = {}
     for checkpointed in (False, True):
         model.transformer.config = dataclasses.replace(model.transformer.config, checkpoint_blocks=checkpointed)
-        traces[checkpointed] = saved_bytes(lambda: model(codes, cond).loss, list(model.transformer.blocks),
+        traces[checkpointed] = saved_bytes(lambda: model(codes, cond, None, hidden).loss, list(model.transformer.blocks),
                                            exclude=list(model.parameters()))
     plain, recomputed = traces[False], traces[True]
     # With checkpointing, backward recomputes one block at a time: its activations live next to the kept inputs.

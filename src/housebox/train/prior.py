@@ -16,7 +16,7 @@ from housebox.data.dataset import CodeWindows, PriorBatch, tracks_for
 from housebox.data.labels import Vocabulary
 from housebox.data.prepare import read_manifest
 from housebox.models.conditioning import Labels
-from housebox.models.prior import Conditioning, Prior, PriorConfig
+from housebox.models.prior import Conditioning, Prior, PriorConfig, mask_positions
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, move_to, train
 
 DERIVED = ("level", "codebook_size", "n_artists", "n_genres", "sample_rate", "hop", "timing",
@@ -87,7 +87,8 @@ def make_step(config: PriorConfig):
         cond = conditioning(batch, config.is_upsampler)
         cond = dataclasses.replace(cond, labels=prior.labels.drop(cond.labels, config.label_dropout),
                                    beats=drop_clock(cond.beats, config.clock_dropout))
-        out = model(batch.codes, cond, batch.mask)
+        hidden = mask_positions(batch.mask, config.mask_span) if config.masked else None
+        out = model(batch.codes, cond, batch.mask, hidden)
         return StepOutput(loss=out.loss, metrics={"bits_per_token": out.loss.detach() / math.log(2)})
 
     return prior_step
@@ -95,8 +96,12 @@ def make_step(config: PriorConfig):
 
 @torch.no_grad()
 def bits_per_token(prior: Prior, batch: PriorBatch) -> float:
-    """Teacher-forced cross-entropy of `prior` on a batch already on its device, in bits per token."""
-    out = prior(batch.codes, conditioning(batch, prior.config.is_upsampler), batch.mask)
+    """Teacher-forced cross-entropy of `prior` on a batch already on its device, in bits per token.
+    A masked model is scored on the positions a fixed draw of the training schedule hides (seed 0)."""
+    hidden = None
+    if prior.config.masked:
+        hidden = mask_positions(batch.mask, prior.config.mask_span, torch.Generator().manual_seed(0))
+    out = prior(batch.codes, conditioning(batch, prior.config.is_upsampler), batch.mask, hidden)
     return float(out.loss) / math.log(2)
 
 

@@ -1,0 +1,175 @@
+"""Masked upsamplers (issue 13): the masking schedule, a loss on hidden positions only, a bidirectional
+model, decoding in K passes per window with fixed overlaps, determinism, and a mixed run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_UP, train_tiny_run
+from housebox.cli import main
+from housebox.generate import sampling
+from housebox.generate.sampling import sample_masked, unmask_schedule
+from housebox.models.conditioning import Labels
+from housebox.models.prior import Conditioning, Prior, PriorConfig, mask_positions
+
+V = 16
+N_CTX = 32
+RATIO = 4
+
+
+def masked_upsampler(seed: int = 0, dropout: float = 0.0, attention=("dense",), span: int = 1) -> Prior:
+    torch.manual_seed(seed)
+    config = PriorConfig(level=0, codebook_size=V, n_artists=2, n_genres=2, max_genres=2, sample_rate=16000, hop=8,
+                         width=32, depth=2, heads=2, n_ctx=N_CTX, attention=attention, block_size=8, timing=False,
+                         upper_codebook_size=V, upper_ratio=RATIO, kind="masked", mask_span=span, dropout=dropout,
+                         label_dropout=0.0)
+    return Prior(config)
+
+
+def labels(b: int) -> Labels:
+    return Labels(artist=torch.arange(b) % 2, genres=torch.zeros(b, 2, dtype=torch.long))
+
+
+def conditioning(b: int, upper: torch.Tensor) -> Conditioning:
+    return Conditioning(labels=labels(b), start=torch.zeros(b, dtype=torch.long),
+                        total_tokens=torch.full((b,), 500), upper=upper)
+
+
+def test_masking_schedule_is_cosine_and_in_spans() -> None:
+    valid = torch.ones(4000, 64, dtype=torch.bool)
+    hidden = mask_positions(valid, span=4, generator=torch.Generator().manual_seed(0))
+    shares = hidden.float().mean(dim=1)
+    # u ~ U(0, 1), spans hidden = round(16 cos(pi u / 2)): mean ~2 / pi of the window, and fewer than 8 of
+    # the 16 spans exactly when cos(pi u / 2) < 7.5 / 16, i.e. u > 2 / pi * acos(7.5 / 16)
+    assert shares.mean().item() == pytest.approx(2 / math.pi, abs=0.02)
+    expected = 1 - 2 / math.pi * math.acos(7.5 / 16)
+    assert (shares < 0.5).float().mean().item() == pytest.approx(expected, abs=0.02)
+    assert hidden.any(dim=1).all()  # every window has a target
+    spans = hidden.view(4000, 16, 4)
+    assert ((spans.all(dim=2)) | (~spans.any(dim=2))).all()  # whole spans of 4, never part of one
+    partial = torch.zeros(2, 64, dtype=torch.bool)
+    partial[:, :10] = True  # a track ending after 10 tokens: nothing beyond it is a target
+    assert not mask_positions(partial, generator=torch.Generator().manual_seed(1))[:, 10:].any()
+
+
+def test_unmask_schedule_reveals_everything_in_k_passes() -> None:
+    assert unmask_schedule(100, 4) == [92, 71, 38, 0]
+    assert unmask_schedule(3, 8)[-1] == 0 and unmask_schedule(3, 8) == sorted(unmask_schedule(3, 8), reverse=True)
+    assert unmask_schedule(5, 1) == [0]
+
+
+def test_loss_only_on_hidden_positions_and_the_model_sees_both_ways() -> None:
+    model = masked_upsampler().eval()
+    codes = torch.randint(0, V, (2, N_CTX), generator=torch.Generator().manual_seed(0))
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(1))
+    hidden = torch.zeros(2, N_CTX, dtype=torch.bool)
+    hidden[:, [3, 17, 30]] = True
+    out = model(codes, conditioning(2, upper), None, hidden)
+    manual = torch.nn.functional.cross_entropy(out.logits[hidden], codes[hidden])
+    assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert out.tokens.item() == 6
+    changed = codes.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % V  # a later, visible code changes an earlier prediction ...
+    assert not torch.allclose(model(changed, conditioning(2, upper), None, hidden).logits[:, 3], out.logits[:, 3])
+    changed = codes.clone()
+    changed[hidden] = (changed[hidden] + 1) % V  # ... a hidden code's own value changes nothing it predicts
+    assert torch.allclose(model(changed, conditioning(2, upper), None, hidden).logits, out.logits, atol=1e-6)
+
+
+def test_overfit_batch_is_decoded_back_from_its_upper_codes() -> None:
+    """Trained on one batch, the decoder fills the windows back from their upper codes alone."""
+    model = masked_upsampler(attention=("row", "column"))
+    gen = torch.Generator().manual_seed(2)
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=gen)
+    codes = (upper.repeat_interleave(RATIO, dim=1) * 3 + torch.arange(N_CTX) % RATIO) % V  # a function of upper
+    codes[1, ::5] = torch.randint(0, V, (7,), generator=gen)  # and some that only the window's own codes tell
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    valid = torch.ones(2, N_CTX, dtype=torch.bool)
+    torch.manual_seed(3)
+    for _ in range(300):
+        optimiser.zero_grad()
+        model(codes, conditioning(2, upper), valid, mask_positions(valid)).loss.backward()
+        optimiser.step()
+    model.eval()
+    decoded = sample_masked(model, n_tokens=N_CTX, labels=labels(2), upper=upper, steps=8, temperature=0.1,
+                            generator=torch.Generator().manual_seed(0), progress=False)
+    assert (decoded == codes).float().mean().item() > 0.9
+
+
+def test_k_passes_per_window_fixed_overlap_and_same_seed_same_codes(monkeypatch) -> None:
+    model = masked_upsampler().eval()
+    upper = torch.randint(0, V, (2, 3 * N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
+    passes = []
+    real = Prior.window_logits
+
+    def counted(self, ids, context):
+        passes.append(ids.shape)
+        return real(self, ids, context)
+
+    monkeypatch.setattr(Prior, "window_logits", counted)
+    kwargs = dict(labels=labels(2), upper=upper, steps=5, progress=False)
+    three = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(7), **kwargs)
+    windows = len(range(0, 3 * N_CTX - N_CTX // 2, N_CTX // 2))  # hop of half a window: 5 windows
+    assert len(passes) == 5 * windows
+    again = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(7), **kwargs)
+    assert torch.equal(three, again)
+    other = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(8), **kwargs)
+    assert not torch.equal(three, other)
+    # the first window alone draws exactly what the long run has there: later windows never change it
+    first = sample_masked(model, n_tokens=N_CTX, generator=torch.Generator().manual_seed(7),
+                          **{**kwargs, "upper": upper[:, : N_CTX // RATIO]})
+    assert torch.equal(first, three[:, :N_CTX])
+    # a prime is kept as it is, and a window after it starts from it
+    primed = sample_masked(model, n_tokens=3 * N_CTX, prime=three[:, :40], generator=torch.Generator().manual_seed(9),
+                           **kwargs)
+    assert torch.equal(primed[:, :40], three[:, :40])
+
+
+def test_guidance_runs_one_batch_with_the_labels_dropped(monkeypatch) -> None:
+    model = masked_upsampler().eval()
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(5))
+    shapes = []
+    real = Prior.window_logits
+    monkeypatch.setattr(Prior, "window_logits", lambda self, ids, context: shapes.append(ids.shape)
+                        or real(self, ids, context))
+    sample_masked(model, n_tokens=N_CTX, labels=labels(2), upper=upper, steps=3, cfg_scale=2.0, progress=False)
+    assert shapes == [(4, N_CTX)] * 3
+
+
+def test_masked_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="upsamplers"):
+        PriorConfig(kind="masked")  # a top-level prior
+    with pytest.raises(ValueError, match="kind"):
+        PriorConfig(kind="diffusion")
+    with pytest.raises(ValueError, match="prev_block"):
+        Prior(PriorConfig(level=0, upper_codebook_size=V, upper_ratio=RATIO, kind="masked", n_ctx=32, block_size=8,
+                          attention=("row", "column", "prev_block")))
+    with pytest.raises(ValueError, match="needs `hidden`"):
+        model = masked_upsampler()
+        model(torch.zeros(1, N_CTX, dtype=torch.long), conditioning(1, torch.zeros(1, 8, dtype=torch.long)))
+
+
+@pytest.mark.slow
+def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path) -> None:
+    run = train_tiny_run(demo_data, tmp_path / "run", vqvae_steps=6, prior_steps=4)
+    args = ["--data", str(demo_data), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=4"]
+    assert main(["train", "upsampler", "--level", "1", "-o", str(run / "up_l1"), *args]) == 0
+    assert main(["train", "upsampler", "--level", "0", "--kind", "masked", "-o", str(run / "up_l0"), *args]) == 0
+    from housebox.generate.pipeline import load_run
+
+    loaded = load_run(run)
+    assert loaded.priors[1].config.kind == "autoregressive" and loaded.priors[0].config.kind == "masked"
+    for name in ("a", "b"):  # the same seed twice
+        assert main(["sample", str(run), "--seconds", "1.5", "--seed", "3", "--upsample-steps", "4",
+                     "-o", str(tmp_path / name), "--device", "cpu", "--beat-guidance", "1"]) == 0
+    a, b = np.load(tmp_path / "a" / "codes.npz"), np.load(tmp_path / "b" / "codes.npz")
+    assert a["l0"].shape[1] == 4 * a["l1"].shape[1] > 0  # level 0 decoded from level 1 by the masked model
+    assert all(np.array_equal(a[f"l{level}"], b[f"l{level}"]) for level in (2, 1, 0))
+    assert (tmp_path / "a" / "sample_000.wav").exists()
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["settings"]["upsample_steps"] == 4
