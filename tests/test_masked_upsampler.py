@@ -83,7 +83,7 @@ def test_loss_only_on_hidden_positions_and_the_model_sees_both_ways() -> None:
 
 def test_overfit_batch_is_decoded_back_from_its_upper_codes() -> None:
     """Trained on one batch, the decoder fills the windows back from their upper codes alone."""
-    model = masked_upsampler(attention=("row", "column"))
+    model = masked_upsampler(attention=("row", "column", "prev_block"))
     gen = torch.Generator().manual_seed(2)
     upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=gen)
     codes = (upper.repeat_interleave(RATIO, dim=1) * 3 + torch.arange(N_CTX) % RATIO) % V  # a function of upper
@@ -146,9 +146,6 @@ def test_masked_config_is_checked() -> None:
         PriorConfig(kind="masked")  # a top-level prior
     with pytest.raises(ValueError, match="kind"):
         PriorConfig(kind="diffusion")
-    with pytest.raises(ValueError, match="prev_block"):
-        Prior(PriorConfig(level=0, upper_codebook_size=V, upper_ratio=RATIO, kind="masked", n_ctx=32, block_size=8,
-                          attention=("row", "column", "prev_block")))
     with pytest.raises(ValueError, match="needs `hidden`"):
         model = masked_upsampler()
         model(torch.zeros(1, N_CTX, dtype=torch.long), conditioning(1, torch.zeros(1, 8, dtype=torch.long)))

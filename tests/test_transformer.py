@@ -170,9 +170,9 @@ def test_one_layer_sees_exactly_its_mask(kind: str) -> None:
     assert torch.equal(seen, mask_of(kind, T)), f"{kind}: gradient pattern differs from the definition"
 
 
-@pytest.mark.parametrize("kind", ["dense", "row", "column"])
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_bidirectional_layer_sees_its_whole_window_row_or_column(kind: str) -> None:
-    """causal=False (masked upsamplers): the definitions without j <= i; prev_block is refused; no cached step."""
+    """causal=False (masked upsamplers): the definitions without j <= i; no cached step."""
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(width=16, depth=1, heads=2, n_ctx=N_CTX, attention=(kind,),
                                           block_size=BLOCK, causal=False))
@@ -188,12 +188,11 @@ def test_bidirectional_layer_sees_its_whole_window_row_or_column(kind: str) -> N
         seen[t] = grad[0].abs().sum(dim=-1) > 0
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     expected = {"dense": torch.ones(T, T, dtype=torch.bool), "row": i // BLOCK == j // BLOCK,
-                "column": i % BLOCK == j % BLOCK}[kind]
+                "column": i % BLOCK == j % BLOCK,
+                "prev_block": (i // BLOCK == j // BLOCK) | (i // BLOCK - 1 == j // BLOCK)}[kind]
     assert torch.equal(seen, expected)
     with pytest.raises(TransformerError, match="no cached step"):
         model.step(x[:, :1].detach(), model.new_cache(1), 0)
-    with pytest.raises(TransformerError, match="prev_block"):
-        TransformerConfig(attention=("row", "prev_block"), causal=False)
 
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])

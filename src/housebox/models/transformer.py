@@ -13,8 +13,8 @@ Attention kinds (Jukebox's sparse-transformer variants). Positions are arranged 
 Every query sees at least itself. The training `forward` computes the factorised kinds on
 reshaped blocks, O(n * sqrt n) memory and compute when block_size ~ sqrt n_ctx; no n x n mask is built.
 With `causal=False` (the masked upsamplers: every position sees the whole window) the conditions
-`j <= i` are dropped: dense sees every key, row its whole row, column its whole column; prev_block,
-a causal pattern by design, is refused. Such a transformer has no `step` (nothing is decoded in order).
+`j <= i` are dropped: dense sees every key, row its whole row, column its whole column, prev_block
+the whole previous row and its own whole row. Such a transformer has no `step` (nothing is decoded in order).
 
 Sampling goes through `Transformer.step` with a `KVCache` made by `Transformer.new_cache`: one
 preallocated key and value buffer per layer, new keys written in place, the layer parameters fetched
@@ -122,8 +122,8 @@ def blockwise_attention(
 
     q, k, v: Tensor[B x H x T x hd] for positions 0..T-1 -> Tensor[B x H x T x hd].
     T is zero-padded on the right to a multiple of block_size; padded positions come after every
-    real one, so no real query sees them, and their outputs are dropped. With causal=False (row and
-    column only) a query sees its whole row or column; T must then be a multiple of block_size. The short sequences
+    real one, so no real query sees them, and their outputs are dropped. With causal=False a query sees
+    its whole row, column, or previous and own row; T must then be a multiple of block_size. The short sequences
     (rows, columns) are folded into the head dimension so SDPA gets 4-d inputs (its fused kernels
     take nothing else).
     """
@@ -144,10 +144,13 @@ def blockwise_attention(
         )  # (B, H * b, rows, hd): one sequence per column
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
         y = y.view(B, H, b, rows, hd).transpose(2, 3)  # (B, H, rows, b, hd)
-    elif kind == "prev_block" and causal:
+    elif kind == "prev_block":
         q = q.reshape(B, H * rows, b, hd)  # (B, H * rows, b, hd)
         k, v = (with_previous_row(x.reshape(B, H, rows, b, hd)).reshape(B, H * rows, 2 * b, hd) for x in (k, v))
-        mask = prev_block_mask(b, device=q.device).repeat(rows, 1, 1)  # (rows, b, 2b)
+        if causal:
+            mask = prev_block_mask(b, device=q.device).repeat(rows, 1, 1)  # (rows, b, 2b)
+        else:  # the whole previous row and the whole own row
+            mask = torch.ones(rows, b, 2 * b, dtype=torch.bool, device=q.device)
         mask[0, :, :b] = False  # the first row has no previous row (its keys there are zero padding)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(H, 1, 1), dropout_p=dropout_p)
     else:
@@ -376,7 +379,7 @@ class TransformerConfig:
     mlp_ratio: the MLP's hidden width as a multiple of `width` (GPT-2: 4, Jukebox: 1).
     checkpoint_blocks: in training, keep only each block's input and recompute the rest in the
         backward pass (torch.utils.checkpoint): activations of one block instead of all, ~1/3 more compute.
-    causal: False for a bidirectional transformer (masked upsamplers): dense, row and column kinds only.
+    causal: False for a bidirectional transformer (masked upsamplers; see the module docstring).
     """
 
     width: int = 128
@@ -418,9 +421,6 @@ class TransformerConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise TransformerError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.causal and "prev_block" in self.attention:
-            raise TransformerError("prev_block attention is causal by design; a bidirectional transformer "
-                                   "takes dense, row or column")
         if self.rotary and self.head_dim % 2:
             raise TransformerError(f"rotary positions need an even head width, got {self.head_dim}")
 
