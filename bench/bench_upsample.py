@@ -1,0 +1,94 @@
+"""Upsampling speed, autoregressive against masked, at the same level, width and depth (issue 13).
+
+The level-0 upsampler of a preset (freshly initialised: speed does not depend on what the weights
+learned) fills `--seconds` of audio from random level-1 codes, once one token per step with the KV
+cache (`sample_codes`, what `housebox sample` runs for `kind: autoregressive`), once in K passes per
+window (`sample_masked`, `kind: masked`) for each K of `--steps`. Rounds are interleaved (every
+variant once per round) and the medians printed, as upsampled audio seconds per wall second, at each
+batch of `--batches` and thread count of `--threads`; the last column is masked / autoregressive.
+
+    taskset -c 1 python bench/bench_upsample.py                      # tiny, one core
+    taskset -c 0,1 python bench/bench_upsample.py --preset small --threads 1,2
+
+This times the sampling alone, not its quality: what K keeps the music is measured by training both
+kinds (README, "Masked upsamplers").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from housebox.config import build, load_preset
+from housebox.generate.sampling import sample_codes, sample_masked
+from housebox.models.conditioning import Labels
+from housebox.models.prior import Prior, PriorConfig
+from housebox.models.vqvae import VQVAEConfig
+
+
+def upsampler(preset: dict, kind: str, level: int = 0) -> Prior:
+    vq = build(VQVAEConfig, preset["vqvae"], "vqvae")
+    section = {**preset["upsampler"], "kind": kind, "beat_clock": False}  # the clock costs the same in both kinds
+    section.update(level=level, codebook_size=vq.codebook_size, n_artists=2, n_genres=2, sample_rate=vq.sample_rate,
+                   hop=vq.hops[level], timing=False, upper_codebook_size=vq.codebook_size,
+                   upper_ratio=vq.hops[level + 1] // vq.hops[level])
+    torch.manual_seed(0)
+    return Prior(build(PriorConfig, section, "upsampler")).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seconds", type=float, default=2.0, help="audio seconds upsampled per run (default 2)")
+    parser.add_argument("--steps", default="4,8,12,16", help="passes per window of the masked kind (default 4,8,12,16)")
+    parser.add_argument("--batches", default="1,4", help="batch sizes (default 1,4)")
+    parser.add_argument("--threads", default="1", help="torch threads, e.g. 1,2 (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--masked-hop", type=float, default=0.5,
+                        help="masked windows start this share of a window apart (default 0.5, as sampling's default)")
+    args = parser.parse_args()
+    preset = load_preset(args.preset)
+    models = {"autoregressive": upsampler(preset, "autoregressive"), "masked": upsampler(preset, "masked")}
+    config = models["masked"].config
+    n_tokens = int(args.seconds * config.sample_rate / config.hop) // config.n_ctx * config.n_ctx or config.n_ctx
+    seconds = n_tokens * config.hop / config.sample_rate
+    params = sum(p.numel() for p in models["masked"].parameters()) / 1e6
+    print(f"preset {args.preset}, level 0: width {config.width}, depth {config.depth}, n_ctx {config.n_ctx}, "
+          f"{config.attention}, {params:.2f} M parameters; {n_tokens} tokens = {seconds:.2f} audio s per run; "
+          f"masked windows {args.masked_hop:g} of a window apart")
+    variants = [("autoregressive", 0)] + [("masked", int(k)) for k in args.steps.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    times: dict[tuple, list[float]] = {}
+    for _ in range(args.rounds):
+        for threads in thread_counts:
+            for batch in batches:
+                labels = Labels(artist=torch.zeros(batch, dtype=torch.long), genres=torch.zeros(batch, config.max_genres,
+                                                                                                  dtype=torch.long))
+                upper = torch.randint(config.codebook_size, (batch, n_tokens // config.upper_ratio),
+                                      generator=torch.Generator().manual_seed(1))
+                for kind, steps in variants:
+                    common = dict(n_tokens=n_tokens, labels=labels, upper=upper, progress=False, threads=threads,
+                                  generator=torch.Generator().manual_seed(2))
+                    tick = time.perf_counter()
+                    if kind == "masked":
+                        sample_masked(models[kind], steps=steps, hop_fraction=args.masked_hop, **common)
+                    else:
+                        sample_codes(models[kind], **common)
+                    times.setdefault((threads, batch, kind, steps), []).append(time.perf_counter() - tick)
+    print(f"\nupsampled audio seconds per wall second (median of {args.rounds} interleaved rounds; x batch)")
+    print(f"{'threads':>7} {'batch':>5} {'kind':<16} {'passes':>6} {'audio s / s':>12} {'vs AR':>7}")
+    for threads in thread_counts:
+        for batch in batches:
+            ar = statistics.median(times[(threads, batch, "autoregressive", 0)])
+            for kind, steps in variants:
+                wall = statistics.median(times[(threads, batch, kind, steps)])
+                print(f"{threads:>7} {batch:>5} {kind:<16} {steps or '-':>6} {seconds * batch / wall:>12.2f} "
+                      f"{ar / wall:>6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
