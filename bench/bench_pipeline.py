@@ -5,7 +5,7 @@ preset (22.05 kHz; top prior + two upsamplers with factorised attention, n_ctx 1
 of each level and of decoding, for 1 and 2 threads of the decoder (sampling itself runs on one thread).
 For reference: Jukebox needed ~540 wall seconds per audio second on a V100 for its 5B model.
 
-    python bench/bench_pipeline.py [--seconds 4] [--n 1] [--preset small]
+    python bench/bench_pipeline.py [--seconds 4] [--n 1] [--preset small] [--upsampler-kind masked --upsample-steps 8]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from housebox.models.prior import Prior, PriorConfig
 from housebox.models.vqvae import VQVAE, VQVAEConfig
 
 
-def build_run(preset_name: str) -> Run:
+def build_run(preset_name: str, upsampler_kind: str | None = None) -> Run:
     preset = load_preset(preset_name)
     torch.manual_seed(0)
     vq_config = build(VQVAEConfig, preset["vqvae"])
@@ -33,6 +33,8 @@ def build_run(preset_name: str) -> Run:
     for level in range(vq_config.levels):
         upsampler = level < top
         section = dict(preset["upsampler" if upsampler else "prior"])
+        if upsampler and upsampler_kind:
+            section["kind"] = upsampler_kind
         section.update(level=level, codebook_size=vq_config.codebook_size, n_artists=2, n_genres=2,
                        sample_rate=vq_config.sample_rate, hop=vq_config.hops[level], timing=not upsampler,
                        upper_codebook_size=vq_config.codebook_size if upsampler else 0,
@@ -48,12 +50,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="audio seconds per track (default 4)")
     parser.add_argument("--n", type=int, default=1, help="tracks per batch (default 1)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
+                        help="kind of both upsamplers (default: the preset's)")
+    parser.add_argument("--upsample-steps", type=int, default=12, help="passes per window of masked upsamplers")
     args = parser.parse_args()
-    run = build_run(args.preset)
+    run = build_run(args.preset, args.upsampler_kind)
     params = {lv: sum(p.numel() for p in pr.parameters()) / 1e6 for lv, pr in run.priors.items()}
     print(f"preset {args.preset}: {run.vqvae.config.sample_rate} Hz, prior parameters (M) per level: "
           + ", ".join(f"l{lv} {m:.2f}" for lv, m in sorted(params.items())))
-    settings = SampleSettings(artist="a", genres=("house",), seconds=args.seconds, n=args.n)
+    settings = SampleSettings(artist="a", genres=("house",), seconds=args.seconds, n=args.n,
+                              upsample_steps=args.upsample_steps)
     totals, levels = [], {lv: [] for lv in run.priors}
     decode_times = {1: [], 2: []}
     for _ in range(args.rounds):
