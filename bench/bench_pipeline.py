@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
                         help="kind of both upsamplers (default: the preset's)")
-    parser.add_argument("--upsample-steps", type=int, default=12, help="passes per window of masked upsamplers")
+    parser.add_argument("--upsample-steps", type=int, default=8, help="passes per window of masked upsamplers")
     args = parser.parse_args()
     run = build_run(args.preset, args.upsampler_kind)
     params = {lv: sum(p.numel() for p in pr.parameters()) / 1e6 for lv, pr in run.priors.items()}

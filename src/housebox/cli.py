@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beat-guidance", type=float, default=3.0,
                    help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; 1: off)")
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
-    p.add_argument("--upsample-steps", type=int, default=12,
-                   help="passes per window of a masked upsampler (default 12)")
+    p.add_argument("--upsample-steps", type=int, default=8,
+                   help="passes per window of a masked upsampler (default 8)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "

@@ -223,7 +223,7 @@ def _sample_masked(
     total_tokens: int | None = None,
     prime: Tensor | None = None,
     beats: Tensor | None = None,
-    steps: int = 12,
+    steps: int = 8,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
