@@ -19,27 +19,18 @@ import torch
 
 from housebox.config import build, load_preset
 from housebox.generate.pipeline import Run, SampleSettings, decode, generate
-from housebox.models.prior import Prior, PriorConfig
+from housebox.models.prior import Prior
 from housebox.models.vqvae import VQVAE, VQVAEConfig
+from housebox.train.plan import prior_configs
 
 
 def build_run(preset_name: str, upsampler_kind: str | None = None) -> Run:
     preset = load_preset(preset_name)
+    if upsampler_kind:
+        preset = {**preset, "upsampler": {**preset["upsampler"], "kind": upsampler_kind}}
     torch.manual_seed(0)
-    vq_config = build(VQVAEConfig, preset["vqvae"])
-    vqvae = VQVAE(vq_config).eval()
-    priors = {}
-    top = vq_config.levels - 1
-    for level in range(vq_config.levels):
-        upsampler = level < top
-        section = dict(preset["upsampler" if upsampler else "prior"])
-        if upsampler and upsampler_kind:
-            section["kind"] = upsampler_kind
-        section.update(level=level, codebook_size=vq_config.codebook_size, n_artists=2, n_genres=2,
-                       sample_rate=vq_config.sample_rate, hop=vq_config.hops[level], timing=not upsampler,
-                       upper_codebook_size=vq_config.codebook_size if upsampler else 0,
-                       upper_ratio=vq_config.hops[level + 1] // vq_config.hops[level] if upsampler else 1)
-        priors[level] = Prior(build(PriorConfig, section)).eval()
+    vqvae = VQVAE(build(VQVAEConfig, preset["vqvae"])).eval()
+    priors = {config.level: Prior(config).eval() for _, config, _ in prior_configs(preset, artists=2, genres=2)}
     return Run(root=Path("."), vqvae=vqvae, vqvae_dir=Path("."), priors=priors, prior_dirs={},
                artists=("unknown", "a"), genres=("unknown", "house"))
 

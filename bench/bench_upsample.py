@@ -22,21 +22,20 @@ import time
 
 import torch
 
-from housebox.config import build, load_preset
+from housebox.config import load_preset
 from housebox.generate.sampling import sample_codes, sample_masked
 from housebox.models.conditioning import Labels
-from housebox.models.prior import Prior, PriorConfig
-from housebox.models.vqvae import VQVAEConfig
+from housebox.models.prior import Prior
+from housebox.train.plan import prior_configs
 
 
-def upsampler(preset: dict, kind: str, level: int = 0) -> Prior:
-    vq = build(VQVAEConfig, preset["vqvae"], "vqvae")
-    section = {**preset["upsampler"], "kind": kind, "beat_clock": False}  # the clock costs the same in both kinds
-    section.update(level=level, codebook_size=vq.codebook_size, n_artists=2, n_genres=2, sample_rate=vq.sample_rate,
-                   hop=vq.hops[level], timing=False, upper_codebook_size=vq.codebook_size,
-                   upper_ratio=vq.hops[level + 1] // vq.hops[level])
+def upsampler(preset: dict, kind: str) -> Prior:
+    """The preset's level-0 upsampler of `kind`, as training builds it (without the beat clock: it costs the
+    same in both kinds), freshly initialised."""
+    preset = {**preset, "upsampler": {**preset["upsampler"], "kind": kind, "beat_clock": False}}
+    _, config, _ = prior_configs(preset, artists=2, genres=2)[-1]  # top level first, level 0 last
     torch.manual_seed(0)
-    return Prior(build(PriorConfig, section, "upsampler")).eval()
+    return Prior(config).eval()
 
 
 def main() -> None:

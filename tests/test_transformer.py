@@ -80,6 +80,17 @@ def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
     return model.ln_f(x)
 
 
+def gradient_pattern(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """BoolTensor[T x T]: row t is True where d output_t / d input_s is non-zero (x: Tensor[1 x T x D], requires grad)."""
+    y = model(x)
+    T = x.shape[1]
+    seen = torch.zeros(T, T, dtype=torch.bool)
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        seen[t] = grad[0].abs().sum(dim=-1) > 0
+    return seen
+
+
 def run_steps(model: Transformer, x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
     """Feed x Tensor[B x T x D] through `step` in chunks of the given sizes -> Tensor[B x T x D]."""
     with torch.inference_mode():
@@ -162,11 +173,7 @@ def test_one_layer_sees_exactly_its_mask(kind: str) -> None:
     model = tiny((kind,), depth=1)
     T = 14
     x = torch.randn(1, T, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    y = model(x)
-    seen = torch.zeros(T, T, dtype=torch.bool)
-    for t in range(T):
-        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
-        seen[t] = grad[0].abs().sum(dim=-1) > 0
+    seen = gradient_pattern(model, x)
     assert torch.equal(seen, mask_of(kind, T)), f"{kind}: gradient pattern differs from the definition"
 
 
@@ -181,11 +188,7 @@ def test_bidirectional_layer_sees_its_whole_window_row_or_column(kind: str) -> N
             parameter.add_(torch.randn_like(parameter) * 0.3)
     T = 16
     x = torch.randn(1, T, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    y = model(x)
-    seen = torch.zeros(T, T, dtype=torch.bool)
-    for t in range(T):
-        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
-        seen[t] = grad[0].abs().sum(dim=-1) > 0
+    seen = gradient_pattern(model, x)
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     expected = {"dense": torch.ones(T, T, dtype=torch.bool), "row": i // BLOCK == j // BLOCK,
                 "column": i % BLOCK == j % BLOCK,

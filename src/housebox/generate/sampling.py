@@ -76,6 +76,49 @@ def _window_conditioning(labels: Labels, start: int, total_tokens: int, upper: T
                         beats=window_beats)
 
 
+def _start_codes(prime: Tensor | None, b: int, n_tokens: int, device: torch.device) -> tuple[Tensor, int]:
+    """The codes LongTensor[B x n_tokens] to fill, with a prime's codes in place, and how many are known."""
+    codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
+    known = 0
+    if prime is not None:
+        known = min(prime.shape[1], n_tokens)
+        codes[:, :known] = prime[:, :known].to(device)
+    return codes, known
+
+
+def _guidance_batch(prior: Prior, labels: Labels, upper: Tensor | None, beats: Tensor | None, cfg_scale: float,
+                    beat_guidance: float) -> tuple[list[float], Labels, Tensor | None, Tensor | None]:
+    """(scales, labels, upper, beats) of the batch every window runs: the B conditioned rows, then one copy of
+    them per guidance branch with its condition dropped (labels for `cfg_scale`, the beat clock for
+    `beat_guidance`, the latter only for a clocked prior trained with clock dropout); `guided_logits` takes
+    the scales."""
+    config = prior.config
+    branches = []  # (scale, what the copy drops)
+    if cfg_scale != 1.0:
+        branches.append((cfg_scale, "labels"))
+    if beat_guidance != 1.0 and beats is not None and config.beat_clock and config.clock_dropout > 0:
+        branches.append((beat_guidance, "clock"))
+    if not branches:
+        return [], labels, upper, beats
+    artists, genres, clocks = [labels.artist], [labels.genres], [beats]
+    for _, drops in branches:
+        dropped = prior.labels.dropped_like(labels) if drops == "labels" else labels
+        artists.append(dropped.artist)
+        genres.append(dropped.genres)
+        clocks.append(torch.full_like(beats, float("nan")) if drops == "clock" else beats)
+    copies = 1 + len(branches)
+    return ([scale for scale, _ in branches], Labels(artist=torch.cat(artists), genres=torch.cat(genres)),
+            torch.cat([upper] * copies) if upper is not None else None,
+            torch.cat(clocks) if beats is not None else None)
+
+
+def _window_step(prior: Prior, hop_fraction: float) -> int:
+    """Tokens between window starts: `hop_fraction` of n_ctx, whole tokens of the level above and whole mask spans."""
+    c = prior.config
+    step = max(c.upper_ratio, int(c.n_ctx * hop_fraction) // c.upper_ratio * c.upper_ratio)
+    return max(c.mask_span, step // c.mask_span * c.mask_span)
+
+
 @contextmanager
 def sampling_threads(device: torch.device, threads: int | None):
     """Token-by-token sampling is overhead-bound: on CPU one thread is as fast as two or faster
@@ -134,30 +177,11 @@ def _sample_codes(
         raise ValueError("an upsampler needs the codes of the level above")
     if beats is not None:
         beats = beats.to(device)
-    codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
-    known = 0
-    if prime is not None:
-        known = min(prime.shape[1], n_tokens)
-        codes[:, :known] = prime[:, :known].to(device)
+    codes, known = _start_codes(prime, b, n_tokens, device)
     # guidance: one extra copy of the batch per dropped condition, each pulling the logits its own way
-    branches = []  # (scale, what the copy drops)
-    if cfg_scale != 1.0:
-        branches.append((cfg_scale, "labels"))
-    if beat_guidance != 1.0 and beats is not None and config.beat_clock and config.clock_dropout > 0:
-        branches.append((beat_guidance, "clock"))
-    copies = 1 + len(branches)
-    run_labels = labels
-    if branches:
-        artists, genres, clocks = [labels.artist], [labels.genres], [beats]
-        for _, drops in branches:
-            dropped = prior.labels.dropped_like(labels) if drops == "labels" else labels
-            artists.append(dropped.artist)
-            genres.append(dropped.genres)
-            clocks.append(torch.full_like(beats, float("nan")) if drops == "clock" else beats)
-        run_labels = Labels(artist=torch.cat(artists), genres=torch.cat(genres))
-        upper = torch.cat([upper] * copies) if upper is not None else None
-        beats = torch.cat(clocks) if beats is not None else None
-    step = max(config.upper_ratio, int(config.n_ctx * hop_fraction) // config.upper_ratio * config.upper_ratio)
+    scales, run_labels, upper, beats = _guidance_batch(prior, labels, upper, beats, cfg_scale, beat_guidance)
+    copies = 1 + len(scales)
+    step = _window_step(prior, hop_fraction)
     generator = generator or torch.Generator().manual_seed(0)
     bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
     started, drawn = time.time(), 0
@@ -177,8 +201,8 @@ def _sample_codes(
         uniforms = torch.rand(length, b, generator=generator).to(device)
         for pos in range(position - 1, length):
             if pos >= given:
-                if branches:
-                    logits = guided_logits(logits, [scale for scale, _ in branches])
+                if scales:
+                    logits = guided_logits(logits, scales)
                 new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
                 codes[:, start + pos] = new
                 drawn += 1
@@ -255,21 +279,10 @@ def _sample_masked(
     total_tokens = total_tokens or n_tokens
     if beats is not None:
         beats = beats.to(device)
-    codes = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
-    known = 0
-    if prime is not None:
-        known = min(prime.shape[1], n_tokens)
-        codes[:, :known] = prime[:, :known].to(device)
-    copies = 2 if cfg_scale != 1.0 else 1
-    run_labels = labels
-    if copies == 2:
-        dropped = prior.labels.dropped_like(labels)
-        run_labels = Labels(artist=torch.cat([labels.artist, dropped.artist]),
-                            genres=torch.cat([labels.genres, dropped.genres]))
-        upper = torch.cat([upper] * 2)
-        beats = torch.cat([beats] * 2) if beats is not None else None
-    step = max(config.upper_ratio, int(n * hop_fraction) // config.upper_ratio * config.upper_ratio)
-    step = max(config.mask_span, step // config.mask_span * config.mask_span)
+    codes, known = _start_codes(prime, b, n_tokens, device)
+    scales, run_labels, upper, beats = _guidance_batch(prior, labels, upper, beats, cfg_scale, 1.0)
+    copies = 1 + len(scales)
+    step = _window_step(prior, hop_fraction)
     generator = generator or torch.Generator().manual_seed(0)
     bar = tqdm(total=n_tokens, initial=known, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
     start = 0
@@ -288,8 +301,8 @@ def _sample_masked(
         schedule = unmask_schedule(length - given, steps)
         for k, left in enumerate(schedule):
             logits = prior.window_logits(torch.cat([window] * copies), context)[:, :length].float()  # (B', L, V)
-            if copies == 2:
-                logits = guided_logits(logits.reshape(2 * b * length, -1), [cfg_scale]).view(b, length, -1)
+            if scales:
+                logits = guided_logits(logits.reshape(copies * b * length, -1), scales).view(b, length, -1)
             warmth = 1.0 - 0.5 * k / max(len(schedule) - 1, 1)  # temperature: from 1x to 0.5x
             filtered = filter_logits(logits.reshape(b * length, -1), temperature * warmth, top_k, top_p)
             uniforms = torch.rand(b * length, generator=generator).to(device)

@@ -37,7 +37,9 @@ from housebox.config import build
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Conditioning, Prior, PriorConfig
 from housebox.models.vqvae import VQVAE, VQVAEConfig
-from housebox.train.loop import TrainConfig
+from housebox.data.labels import Vocabulary
+from housebox.train.loop import TrainConfig, autocast_settings
+from housebox.train.prior import prior_config
 
 GIB = 1024**3
 FLOAT32 = 4
@@ -151,12 +153,11 @@ def saved_bytes(run: Callable[[], Tensor], modules: list[nn.Module] | None = Non
 
 
 def _dtype(train: TrainConfig, device: str) -> torch.dtype:
-    """The autocast dtype a training run on `device` would use (cuda: bf16 where supported)."""
-    if train.precision == "fp32":
-        return torch.float32
-    if train.precision in ("bf16", "fp16"):
-        return torch.bfloat16 if train.precision == "bf16" else torch.float16
-    return torch.bfloat16 if device == "cuda" else torch.float32  # auto: what the loop picks on a GPU / a CPU
+    """The autocast dtype the training loop picks on `device` (`autocast_settings`); for a GPU this machine may
+    not have, `auto` is taken as bf16, what the loop picks on any GPU that supports it."""
+    if train.precision == "auto" and device == "cuda":
+        return torch.bfloat16
+    return autocast_settings(train.precision, torch.device(device))[0] or torch.float32
 
 
 def plan_prior(config: PriorConfig, train: TrainConfig, name: str, dtype: torch.dtype = torch.float32) -> ModelPlan:
@@ -213,15 +214,13 @@ def plan_vqvae(config: VQVAEConfig, train: TrainConfig, chunk_seconds: float,
 def prior_configs(preset: dict[str, dict], artists: int = 1, genres: int = 1) -> list[tuple[str, PriorConfig, str]]:
     """(name, config, train section) for the top prior and every upsampler of a preset, as training builds them."""
     vq = build(VQVAEConfig, preset.get("vqvae"), "vqvae")
+    meta = {"hops": list(vq.hops), "codebook_size": vq.codebook_size, "sample_rate": vq.sample_rate}  # as encode writes
+    vocab = Vocabulary(artists=tuple(f"a{i}" for i in range(artists)), genres=tuple(f"g{i}" for i in range(genres)))
     top = vq.levels - 1
     out = []
     for level in range(top, -1, -1):
         section = "prior" if level == top else "upsampler"
-        derived = dict(level=level, codebook_size=vq.codebook_size, n_artists=artists, n_genres=genres,
-                       sample_rate=vq.sample_rate, hop=vq.hops[level], timing=level == top,
-                       upper_codebook_size=0 if level == top else vq.codebook_size,
-                       upper_ratio=1 if level == top else vq.hops[level + 1] // vq.hops[level])
-        config = build(PriorConfig, {**(preset.get(section) or {}), **derived}, section)
+        config = prior_config(dict(preset.get(section) or {}), level, meta, vocab, section)
         name = f"prior (level {level})" if level == top else f"upsampler (level {level})"
         out.append((name, config, f"{section}_train"))
     return out
