@@ -193,7 +193,7 @@ def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys):
     report = evaluate_run(load_run(tiny_run, "cpu"), demo_data, tmp_path, seconds=4.5, per_artist=1, stage_pieces=1,
                           progress=False, artists=[artist])
     stages = report["stages"]
-    assert list(stages) == list(STAGES)
+    assert list(stages) == ["heldout", "vqvae", "vqvae_top", "upsampled", "generated"]  # one kind of upsampler
     for rows in stages.values():
         assert set(rows) == {"all", artist}
         assert rows["all"]["pieces"] == 1 and rows["all"]["seconds"] == pytest.approx(4.5, abs=0.01)
@@ -219,7 +219,7 @@ def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys):
     print_summary(report)
     out = capsys.readouterr().out
     assert f"{artist}: held out" in out and "where quality is lost" in out
-    assert all(stage in out for stage in STAGES)
+    assert all(stage in out for stage in stages)
 
 
 def test_stages_refuse_a_code_cache_of_other_weights(tiny_run, tmp_path):
@@ -276,3 +276,53 @@ def test_demo_learns_each_artists_tempo_and_kick(tmp_path):
         folder = tmp_path / "evaluation" / "samples" / Path(r["samples_dir"]).name
         wavs = sorted(folder.glob("sample_*.wav"))
         assert len(wavs) == 3 and all(abs(sf.info(w).duration - 30.0) < 0.1 for w in wavs)
+
+
+@pytest.mark.slow
+def test_stage_table_compares_both_upsampler_kinds_on_the_same_top_codes(tiny_run, demo_data, tmp_path, capsys):
+    """A run holding an autoregressive and a masked level-0 upsampler: load_run picks one (masked unless told),
+    and the stage table has a row per kind, from the same held-out top codes."""
+    import shutil
+
+    from conftest import TINY_UP
+
+    from housebox.cli import main
+    from housebox.evaluate.run import evaluate_run, print_summary
+    from housebox.generate.pipeline import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "upsampler", "--level", "0", "--kind", "masked", "-o", str(run / "up_l0_masked"),
+                 "--data", str(demo_data), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=4"]) == 0
+    loaded = load_run(run)
+    assert loaded.upsampler_kinds == ["autoregressive", "masked"]
+    assert loaded.prior_dirs[0].name == "up_l0_masked" and loaded.priors[0].config.masked
+    assert loaded.prior_dirs[1].name == "up_l1"
+    chosen = load_run(run, upsampler_kind="autoregressive")
+    assert chosen.prior_dirs[0].name == "up_l0" and not chosen.priors[0].config.masked
+    assert loaded.with_upsamplers("autoregressive").prior_dirs == chosen.prior_dirs
+
+    artist = ARTISTS[0].name
+    report = evaluate_run(chosen, demo_data, tmp_path / "eval", seconds=4.5, per_artist=1, stage_pieces=1,
+                          progress=False, artists=[artist])
+    stages = report["stages"]
+    assert list(stages) == ["heldout", "vqvae", "vqvae_top", "upsampled_autoregressive", "upsampled_masked",
+                            "generated"]
+    ar, masked = stages["upsampled_autoregressive"]["all"], stages["upsampled_masked"]["all"]
+    assert ar["pieces"] == masked["pieces"] == 1 and ar["seconds"] == masked["seconds"]
+    assert ar["frechet"] != masked["frechet"]  # two different models filled the same codes
+    assert report["where_quality_is_lost"]["chain"] == ["heldout", "vqvae", "upsampled_autoregressive", "generated"]
+    assert report["settings"]["upsamplers"] == {"level_0": "autoregressive", "level_1": "autoregressive"}
+    # the rows of one kind are what a run holding only that kind measures (same top codes, same seed)
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    shutil.rmtree(alone / "up_l0")
+    only = evaluate_run(load_run(alone), demo_data, tmp_path / "eval_alone", seconds=4.5, per_artist=1,
+                        stage_pieces=1, progress=False, artists=[artist])
+    assert only["stages"]["upsampled"] == stages["upsampled_masked"]
+    print_summary(report)
+    assert "upsampled_masked" in capsys.readouterr().out
+
+    shutil.copytree(run / "up_l0_masked", run / "up_l0_masked_copy")
+    with pytest.raises(ValueError, match="two masked upsamplers for level 0"):
+        load_run(run)

@@ -129,7 +129,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
-    run = load_run(args.run, _device(args.device))
+    run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind)
     out = Path(args.output or Path("samples") / time.strftime(f"{Path(args.run).name}-%Y%m%d-%H%M%S"))
     generation = generate(run, settings)
     wavs = write_outputs(out, generation, settings, run)
@@ -165,7 +165,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from housebox.evaluate.run import evaluate_run, print_summary
     from housebox.generate.pipeline import load_run
 
-    run = load_run(args.run, _device(args.device))
+    run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind)
     out = Path(args.output or Path(args.run) / "evaluation")
     report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed,
                           temperature=args.temperature, stage_pieces=getattr(args, "stage_pieces", 2))
@@ -211,6 +211,11 @@ def _device(name: str) -> str:
     from housebox.train.distributed import pick_device
 
     return str(pick_device(name))
+
+
+def _add_upsampler_kind_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
+                   help="where a level holds an upsampler of each kind, the one to use (default masked)")
 
 
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
@@ -345,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
     p.add_argument("--upsample-steps", type=int, default=8,
                    help="passes per window of a masked upsampler (default 8)")
+    _add_upsampler_kind_flag(p)
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "
@@ -395,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "generated per artist against held-out audio (tempo, key, loudness, "
                                      "centroid, kick periodicity, Fréchet and kernel mel+chroma distances), and "
                                      "a stage table: where between held-out audio, VQ-VAE, upsamplers and full "
-                                     "generation the beat and the distance are lost.")
+                                     "generation the beat and the distance are lost (a row per upsampler kind "
+                                     "where the run holds both, from the same top codes).")
     p.add_argument("run", help="run folder")
     p.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
     p.add_argument("-o", "--output", help="report folder (default RUN/evaluation)")
@@ -407,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "demo)")
     p.add_argument("--stage-pieces", type=int, default=2, help="held-out pieces per artist put through each "
                                                                  "stage of the stage table (default 2)")
+    _add_upsampler_kind_flag(p)
     _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -58,11 +58,15 @@ STAGES = {
     "vqvae": "the VQ-VAE decoding the true level-0 codes of the held-out pieces",
     "vqvae_top": "the VQ-VAE decoding their true top-level codes (what the top level alone keeps)",
     "upsampled": "the upsamplers filling the finer levels from their true top-level codes, then decoded",
+    # a run holding an upsampler of each kind at a level: one row per kind, from the same top codes and seed
+    "upsampled_autoregressive": "the autoregressive upsamplers (where a level has one) from the true top codes",
+    "upsampled_masked": "the masked upsamplers (where a level has one) from the true top codes",
     "generated": "the generated tracks (top prior, upsamplers, decoder)",
 }
 # Which model a stage's loss points at: distance added by the stage over the one before it.
 STAGE_MODEL = {"vqvae": "the VQ-VAE", "vqvae_top": "the VQ-VAE", "upsampled": "the upsamplers",
-               "generated": "the top prior"}
+               "upsampled_autoregressive": "the autoregressive upsamplers",
+               "upsampled_masked": "the masked upsamplers", "generated": "the top prior"}
 
 Segment = tuple[dict, float, float]  # (manifest row, start s, end s)
 
@@ -292,11 +296,11 @@ def stage_rows(measured: dict[str, dict[str, Measured]], references: dict[str, n
     return out
 
 
-def where_quality_is_lost(stages: dict[str, dict]) -> dict:
+def where_quality_is_lost(stages: dict[str, dict], upsampled: str = "upsampled") -> dict:
     """Follow audio through the pipeline (held out -> VQ-VAE -> upsamplers -> top prior) on the overall rows:
     the stage that adds the most kernel distance (Fréchet where no kernel distance was measured) and the one
-    where the beat weakens most, and the model each points at."""
-    chain = ["heldout", "vqvae", "upsampled", "generated"] if "upsampled" in stages else \
+    where the beat weakens most, and the model each points at. `upsampled`: the upsampler row generation used."""
+    chain = ["heldout", "vqvae", upsampled, "generated"] if upsampled in stages else \
         ["heldout", "vqvae_top", "generated"]
     chain = [s for s in chain if s in stages]
     overall = {s: stages[s]["all"] for s in chain}
@@ -358,6 +362,10 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
     references, reports, distance_table = {}, [], {}
     generated_all, training_all = [], []
     stage_list = []
+    # the upsampler rows: one for the run as loaded, or one per kind where the run holds both kinds
+    kinds = [k for k in run.upsampler_kinds if any(len(here) > 1 and k in here for here in run.upsamplers.values())]
+    upsampled_runs = ({f"upsampled_{k}": run.with_upsamplers(k) for k in kinds} if kinds
+                      else {"upsampled": run} if any(level < top for level in run.priors) else {})
     for i, artist in enumerate(names):
         mine = [r for r in rows if r["artist"] == artist]
         my_held = [s for s in held if s[0]["artist"] == artist]
@@ -394,7 +402,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         pieces = cut_pieces(my_held, top_rate, seconds, stage_pieces)
         stage_list += [{"artist": artist, "track": p.row["id"], "start_s": round(p.first / top_rate, 2),
                         "seconds": round(p.tokens / top_rate, 2)} for p in pieces]
-        _measure_stages(run, data_dir, pieces, artist, genres, measured, seed=seed + 10_000 + i,
+        _measure_stages(run, upsampled_runs, data_dir, pieces, artist, genres, measured, seed=seed + 10_000 + i,
                         temperature=temperature, progress=progress)
 
     all_reference = np.concatenate(list(references.values())) if references else np.zeros((0, 44))
@@ -411,9 +419,12 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         "stages": stages,
         "stage_pieces": stage_list,
         "stage_descriptions": {s: STAGES[s] for s in stages},
-        "where_quality_is_lost": where_quality_is_lost(stages),
+        "where_quality_is_lost": where_quality_is_lost(
+            stages, f"upsampled_{run.priors[min(run.priors)].config.kind}" if kinds else "upsampled"),
         "settings": {"seconds": seconds, "per_artist": per_artist, "seed": seed, "temperature": temperature,
-                     "stage_pieces": stage_pieces},
+                     "stage_pieces": stage_pieces, "upsample_steps": SampleSettings.upsample_steps,
+                     "upsamplers": {f"level_{level}": run.priors[level].config.kind
+                                    for level in sorted(run.priors) if level < top}},
         "criteria": {"tempo_tolerance_bpm": TEMPO_TOLERANCE_BPM, "kick_detected_at": KICK_DETECTED},
     }
     write_json(out_dir / "evaluation.json", report)
@@ -453,13 +464,14 @@ def _distance_entry(generated: np.ndarray, training: np.ndarray, reference: np.n
             "generated_seconds": len(generated), "training_seconds": len(training), "heldout_seconds": len(reference)}
 
 
-def _measure_stages(run: Run, data_dir: Path, pieces: list[Piece], artist: str, genres: tuple[str, ...],
-                    measured: dict[str, dict[str, Measured]], seed: int, temperature: float, progress: bool) -> None:
-    """Put held-out pieces through the stages (equally long pieces in one batch) and measure each stage."""
+def _measure_stages(run: Run, upsampled_runs: dict[str, Run], data_dir: Path, pieces: list[Piece], artist: str,
+                    genres: tuple[str, ...], measured: dict[str, dict[str, Measured]], seed: int, temperature: float,
+                    progress: bool) -> None:
+    """Put held-out pieces through the stages (equally long pieces in one batch) and measure each stage;
+    `upsampled_runs`: stage name -> the run whose upsamplers fill that row (the same top codes and seed)."""
     config = run.vqvae.config
     sr, top = config.sample_rate, run.top
     top_hop = config.hops[top]
-    upsamplers = any(level < top for level in run.priors)
     device = next(run.vqvae.parameters()).device
     for tokens in sorted({p.tokens for p in pieces}):
         group = [p for p in pieces if p.tokens == tokens]
@@ -469,12 +481,12 @@ def _measure_stages(run: Run, data_dir: Path, pieces: list[Piece], artist: str, 
             "vqvae": decode(run.vqvae, piece_codes(data_dir, group, 0, top_hop // config.hops[0]).to(device), 0),
             "vqvae_top": decode(run.vqvae, top_codes.to(device), top),
         }
-        if upsamplers:
-            settings = SampleSettings(artist=artist, genres=genres, seconds=tokens / config.tokens_per_second(top),
-                                      n=len(group), seed=seed, temperature=temperature)
-            grids = [_piece_grid(data_dir, p, top_hop / sr) for p in group]
-            beats = grids if run.clocked and all(g is not None for g in grids) else None  # each piece's own grid
-            outputs["upsampled"] = generate(run, settings, progress=progress, top_codes=top_codes, beats=beats).audio
+        settings = SampleSettings(artist=artist, genres=genres, seconds=tokens / config.tokens_per_second(top),
+                                  n=len(group), seed=seed, temperature=temperature)
+        grids = [_piece_grid(data_dir, p, top_hop / sr) for p in group]
+        beats = grids if run.clocked and all(g is not None for g in grids) else None  # each piece's own grid
+        for stage, variant in upsampled_runs.items():
+            outputs[stage] = generate(variant, settings, progress=progress, top_codes=top_codes, beats=beats).audio
         for stage, audio in outputs.items():
             for piece, one in zip(group, audio):
                 measured.setdefault(stage, {}).setdefault(artist, Measured()).add(
@@ -570,11 +582,12 @@ def _number(value: float | None, digits: int) -> str:
 def format_stage_table(stages: dict[str, dict]) -> list[str]:
     """The stage table as aligned lines of text: every stage, all artists first, then each artist."""
     width = max([len(a) for rows in stages.values() for a in rows] + [6])
-    lines = [f"  {'stage':<10} {'artist':<{width}} {'pieces':>6} {'beat':>5} {'tempo err':>9} "
+    first = max([len(s) for s in stages] + [10])
+    lines = [f"  {'stage':<{first}} {'artist':<{width}} {'pieces':>6} {'beat':>5} {'tempo err':>9} "
              + f"{'Fréchet':>9} {'KAD':>8} {'centroid':>8} {'flatness':>8}"]
     for stage, rows in stages.items():
         for artist, r in rows.items():
-            lines.append(f"  {stage if artist == 'all' else '':<10} {artist:<{width}} {r['pieces']:>6} "
+            lines.append(f"  {stage if artist == 'all' else '':<{first}} {artist:<{width}} {r['pieces']:>6} "
                          f"{_number(r['beat_strength'], 2):>5} {_number(r['tempo_error_bpm'], 2):>9} "
                          f"{_number(r['frechet'], 2):>9} {_number(r['kad'], 4):>8} "
                          f"{_number(r.get('centroid_hz'), 0):>8} {_number(r.get('flatness'), 4):>8}")

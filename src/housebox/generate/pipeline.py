@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,10 @@ from housebox.models.vqvae import VQVAE
 from housebox.train.checkpoint import read_config, weights_hash
 
 CODES_FORMAT_VERSION = 1
+UPSAMPLER_KINDS = ("autoregressive", "masked")
+# Where a level holds an upsampler of each kind, the one used unless chosen: masked (a few passes per window,
+# measured faster and no worse from the same top codes: README, "Masked upsamplers").
+PREFERRED_UPSAMPLERS = ("masked", "autoregressive")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,25 @@ class Run:
     artists: tuple[str, ...]
     genres: tuple[str, ...]
     artist_bpm: dict[str, float] = field(default_factory=dict)  # median track tempo per artist, from training
+    # every upsampler in the folder, level -> kind -> model directory (a level may hold one of each kind)
+    upsamplers: dict[int, dict[str, Path]] = field(default_factory=dict)
+
+    @property
+    def upsampler_kinds(self) -> list[str]:
+        """The upsampler kinds the folder holds at any level, in UPSAMPLER_KINDS order."""
+        return [k for k in UPSAMPLER_KINDS if any(k in kinds for kinds in self.upsamplers.values())]
+
+    def with_upsamplers(self, kind: str) -> Run:
+        """This run with the `kind` upsampler at every level that has one (other levels keep theirs)."""
+        if kind not in self.upsampler_kinds:
+            have = ", ".join(self.upsampler_kinds) or "none"
+            raise ValueError(f"{self.root}: no {kind} upsampler in this run (upsamplers here: {have})")
+        device = next(self.vqvae.parameters()).device
+        priors, dirs = dict(self.priors), dict(self.prior_dirs)
+        for level, kinds in self.upsamplers.items():
+            if kind in kinds and dirs.get(level) != kinds[kind]:
+                priors[level], dirs[level] = load_prior(kinds[kind], device), kinds[kind]
+        return replace(self, priors=priors, prior_dirs=dirs)
 
     @property
     def clocked(self) -> bool:
@@ -80,20 +103,38 @@ class Generation:
     clock_bpm: list[float] | None = None  # the tempo each sample's beat clock ran at (None: no clock)
 
 
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
-    """Find the VQ-VAE and the priors among the model directories inside `run_dir`."""
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", upsampler_kind: str | None = None) -> Run:
+    """Find the VQ-VAE and the priors among the model directories inside `run_dir`.
+
+    A level may hold an upsampler of each kind (e.g. up_l0 autoregressive and up_l0_masked): `upsampler_kind`
+    chooses; by default the first of PREFERRED_UPSAMPLERS the level has."""
     root = Path(run_dir)
     if not root.is_dir():
         raise ValueError(f"{root}: not a run folder")
-    vqvae_dir, prior_dirs = None, {}
+    if upsampler_kind is not None and upsampler_kind not in UPSAMPLER_KINDS:
+        raise ValueError(f"upsampler kind {upsampler_kind!r}: expected one of {', '.join(UPSAMPLER_KINDS)}")
+    vqvae_dir, prior_dirs, upsamplers = None, {}, {}
     for sub in sorted(p for p in root.iterdir() if (p / "config.json").exists()):
         describe = read_config(sub).get("describe", {})
         if describe.get("kind") == "vqvae":
             vqvae_dir = sub
-        elif describe.get("kind") in ("prior", "upsampler"):
+        elif describe.get("kind") == "prior":
             prior_dirs[int(describe["level"])] = sub
+        elif describe.get("kind") == "upsampler":
+            level, kind = int(describe["level"]), (describe.get("model") or {}).get("kind", "autoregressive")
+            mine = upsamplers.setdefault(level, {})
+            if kind in mine:
+                raise ValueError(f"{root}: two {kind} upsamplers for level {level} ({mine[kind].name} and "
+                                 f"{sub.name}); move one out of the run folder")
+            mine[kind] = sub
     if vqvae_dir is None:
         raise ValueError(f"{root}: no VQ-VAE model directory inside (train one with `housebox train vqvae`)")
+    if upsampler_kind is not None and upsamplers and not any(upsampler_kind in k for k in upsamplers.values()):
+        raise ValueError(f"{root}: no {upsampler_kind} upsampler in this run (train one with "
+                         f"`housebox train upsampler --kind {upsampler_kind}`)")
+    for level, kinds in upsamplers.items():
+        order = ([upsampler_kind] if upsampler_kind else []) + list(PREFERRED_UPSAMPLERS)
+        prior_dirs.setdefault(level, kinds[next(k for k in order if k in kinds)])
     vqvae = load_vqvae(vqvae_dir, device)
     priors = {level: load_prior(d, device) for level, d in prior_dirs.items()}
     top = vqvae.config.levels - 1
@@ -103,7 +144,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     vocabulary = describe["vocabulary"]
     return Run(root=root, vqvae=vqvae, vqvae_dir=vqvae_dir, priors=priors, prior_dirs=prior_dirs,
                artists=tuple(vocabulary["artists"]), genres=tuple(vocabulary["genres"]),
-               artist_bpm=dict(describe.get("artist_bpm") or {}))
+               artist_bpm=dict(describe.get("artist_bpm") or {}), upsamplers=upsamplers)
 
 
 def labels_for(run: Run, artist: str | None, genres: tuple[str, ...], n: int) -> Labels:
@@ -303,7 +344,7 @@ def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleS
     if decoders:  # adversarially fine-tuned decoders in use (housebox train decoder)
         models["vqvae"]["decoders"] = {**decoders, "sha256": weights_hash(run.vqvae_dir, decoders["file"])}
     for level, d in sorted(run.prior_dirs.items()):
-        models[f"level_{level}"] = {"dir": str(d), "sha256": weights_hash(d)}
+        models[f"level_{level}"] = {"dir": str(d), "sha256": weights_hash(d), "kind": run.priors[level].config.kind}
     report = {
         "settings": asdict(settings),
         "seed": settings.seed,
