@@ -3,7 +3,8 @@
 Given a prepared dataset with its code cache, the run's VQ-VAE and two trained upsamplers of one level
 (one `kind: autoregressive`, one `kind: masked`, ideally trained with the same steps), it takes one held-out
 piece of `--seconds` per artist, fills the level from the true codes of the level above with each model
-(masked: each K of `--steps`), and prints per model: the share of codes equal to the true ones, the L1
+(masked: each K of `--steps` at each window hop of `--hops`: windows start that share of a window apart,
+so 0.5 recomputes half of every window, 0.875 an eighth), and prints per model: the share of codes equal to the true ones, the L1
 distance of log power spectrograms between the decoded audio and the decoding of the true codes, and
 audio seconds per wall second (batch 1, one thread).
 
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--masked", help="masked upsampler model directory (same level)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per held-out piece (default 3)")
     parser.add_argument("--steps", default="4,8,12,16", help="passes per window of the masked model")
+    parser.add_argument("--hops", default="0.5", help="masked window hops as shares of a window, e.g. 0.5,0.875")
     args = parser.parse_args()
     if not all((args.data, args.vqvae, args.ar, args.masked)):  # `make bench` runs every bench without arguments
         print("bench_masked_quality: needs --data, --vqvae, --ar and --masked (trained models; see its docstring)")
@@ -71,31 +73,32 @@ def main() -> None:
         pieces.append((row, torch.from_numpy(above[first : first + count].astype(np.int64))[None],
                        torch.from_numpy(truth[first * ratio : (first + count) * ratio].astype(np.int64))[None],
                        first * ratio))
-    variants = [("autoregressive", 0)] + [("masked", int(k)) for k in args.steps.split(",")]
+    variants = [("autoregressive", 0, 0.5)] + [("masked", int(k), float(h)) for h in args.hops.split(",")
+                                               for k in args.steps.split(",")]
     results: dict[tuple, dict[str, list]] = {}
     for row, above, truth, first in pieces:
         artist, genres = label_ids(row, vocab, models["masked"].config.max_genres)
         labels = Labels(artist=torch.tensor([artist]), genres=torch.tensor([genres]))
         beats = torch.from_numpy(token_beats(load_beats(data, row["id"]), first, truth.shape[1], hops[level] / sr))[None]
         reference = log_power(decode(vqvae, truth, level)[0])
-        for kind, steps in variants:
+        for kind, steps, hop in variants:
             common = dict(n_tokens=truth.shape[1], labels=labels, upper=above, beats=beats, progress=False,
                           generator=torch.Generator().manual_seed(0))
             tick = time.perf_counter()
             if kind == "masked":
-                codes = sample_masked(models[kind], steps=steps, **common)
+                codes = sample_masked(models[kind], steps=steps, hop_fraction=hop, **common)
             else:
                 codes = sample_codes(models[kind], **common)
             wall = time.perf_counter() - tick
-            out = results.setdefault((kind, steps), {"equal": [], "l1": [], "wall": []})
+            out = results.setdefault((kind, steps, hop), {"equal": [], "l1": [], "wall": []})
             out["equal"].append((codes == truth).float().mean().item())
             out["l1"].append((log_power(decode(vqvae, codes, level)[0]) - reference).abs().mean().item())
             out["wall"].append(wall)
     print(f"{len(pieces)} held-out pieces of {args.seconds:g} s (one per artist); level {level} from the true "
           f"level-{level + 1} codes")
-    print(f"{'upsampler':<16} {'passes':>6} {'codes equal':>12} {'log-spectral L1':>16} {'audio s / wall s':>17}")
-    for (kind, steps), out in results.items():
-        print(f"{kind:<16} {steps or '-':>6} {np.mean(out['equal']):>12.3f} {np.mean(out['l1']):>16.3f} "
+    print(f"{'upsampler':<16} {'passes':>6} {'hop':>5} {'codes equal':>12} {'log-spectral L1':>16} {'audio s / wall s':>17}")
+    for (kind, steps, hop), out in results.items():
+        print(f"{kind:<16} {steps or '-':>6} {hop if steps else '-':>5} {np.mean(out['equal']):>12.3f} {np.mean(out['l1']):>16.3f} "
               f"{args.seconds / np.mean(out['wall']):>17.2f}")
 
 

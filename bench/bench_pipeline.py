@@ -5,7 +5,7 @@ preset (22.05 kHz; top prior + two upsamplers with factorised attention, n_ctx 1
 of each level and of decoding, for 1 and 2 threads of the decoder (sampling itself runs on one thread).
 For reference: Jukebox needed ~540 wall seconds per audio second on a V100 for its 5B model.
 
-    python bench/bench_pipeline.py [--seconds 4] [--n 1] [--preset small] [--upsampler-kind masked --upsample-steps 8]
+    python bench/bench_pipeline.py [--seconds 4] [--n 1] [--preset small] [--upsampler-kind masked --upsample-steps 4]
 """
 
 from __future__ import annotations
@@ -43,14 +43,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
                         help="kind of both upsamplers (default: the preset's)")
-    parser.add_argument("--upsample-steps", type=int, default=8, help="passes per window of masked upsamplers")
+    parser.add_argument("--upsample-steps", type=int, default=SampleSettings.upsample_steps,
+                        help=f"passes per window of masked upsamplers (default {SampleSettings.upsample_steps})")
+    parser.add_argument("--upsample-hop", type=float, default=SampleSettings.upsample_hop,
+                        help=f"masked window hop, share of a window (default {SampleSettings.upsample_hop})")
     args = parser.parse_args()
     run = build_run(args.preset, args.upsampler_kind)
     params = {lv: sum(p.numel() for p in pr.parameters()) / 1e6 for lv, pr in run.priors.items()}
     print(f"preset {args.preset}: {run.vqvae.config.sample_rate} Hz, prior parameters (M) per level: "
           + ", ".join(f"l{lv} {m:.2f}" for lv, m in sorted(params.items())))
     settings = SampleSettings(artist="a", genres=("house",), seconds=args.seconds, n=args.n,
-                              upsample_steps=args.upsample_steps)
+                              upsample_steps=args.upsample_steps, upsample_hop=args.upsample_hop)
     totals, levels = [], {lv: [] for lv in run.priors}
     decode_times = {1: [], 2: []}
     for _ in range(args.rounds):

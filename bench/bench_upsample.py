@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="batch sizes (default 1,4)")
     parser.add_argument("--threads", default="1", help="torch threads, e.g. 1,2 (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--masked-hop", type=float, default=0.5,
-                        help="masked windows start this share of a window apart (default 0.5, as sampling's default)")
+    parser.add_argument("--masked-hops", default="0.5",
+                        help="masked windows start this share of a window apart, e.g. 0.5,0.875 (default 0.5)")
     args = parser.parse_args()
     preset = load_preset(args.preset)
     models = {"autoregressive": upsampler(preset, "autoregressive"), "masked": upsampler(preset, "masked")}
@@ -56,9 +56,9 @@ def main() -> None:
     seconds = n_tokens * config.hop / config.sample_rate
     params = sum(p.numel() for p in models["masked"].parameters()) / 1e6
     print(f"preset {args.preset}, level 0: width {config.width}, depth {config.depth}, n_ctx {config.n_ctx}, "
-          f"{config.attention}, {params:.2f} M parameters; {n_tokens} tokens = {seconds:.2f} audio s per run; "
-          f"masked windows {args.masked_hop:g} of a window apart")
-    variants = [("autoregressive", 0)] + [("masked", int(k)) for k in args.steps.split(",")]
+          f"{config.attention}, {params:.2f} M parameters; {n_tokens} tokens = {seconds:.2f} audio s per run")
+    variants = [("autoregressive", 0, 0.0)] + [("masked", int(k), float(h)) for h in args.masked_hops.split(",")
+                                               for k in args.steps.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
     times: dict[tuple, list[float]] = {}
@@ -69,23 +69,23 @@ def main() -> None:
                                                                                                   dtype=torch.long))
                 upper = torch.randint(config.codebook_size, (batch, n_tokens // config.upper_ratio),
                                       generator=torch.Generator().manual_seed(1))
-                for kind, steps in variants:
+                for kind, steps, hop in variants:
                     common = dict(n_tokens=n_tokens, labels=labels, upper=upper, progress=False, threads=threads,
                                   generator=torch.Generator().manual_seed(2))
                     tick = time.perf_counter()
                     if kind == "masked":
-                        sample_masked(models[kind], steps=steps, hop_fraction=args.masked_hop, **common)
+                        sample_masked(models[kind], steps=steps, hop_fraction=hop, **common)
                     else:
                         sample_codes(models[kind], **common)
-                    times.setdefault((threads, batch, kind, steps), []).append(time.perf_counter() - tick)
+                    times.setdefault((threads, batch, kind, steps, hop), []).append(time.perf_counter() - tick)
     print(f"\nupsampled audio seconds per wall second (median of {args.rounds} interleaved rounds; x batch)")
-    print(f"{'threads':>7} {'batch':>5} {'kind':<16} {'passes':>6} {'audio s / s':>12} {'vs AR':>7}")
+    print(f"{'threads':>7} {'batch':>5} {'kind':<16} {'passes':>6} {'hop':>5} {'audio s / s':>12} {'vs AR':>7}")
     for threads in thread_counts:
         for batch in batches:
-            ar = statistics.median(times[(threads, batch, "autoregressive", 0)])
-            for kind, steps in variants:
-                wall = statistics.median(times[(threads, batch, kind, steps)])
-                print(f"{threads:>7} {batch:>5} {kind:<16} {steps or '-':>6} {seconds * batch / wall:>12.2f} "
+            ar = statistics.median(times[(threads, batch, "autoregressive", 0, 0.0)])
+            for kind, steps, hop in variants:
+                wall = statistics.median(times[(threads, batch, kind, steps, hop)])
+                print(f"{threads:>7} {batch:>5} {kind:<16} {steps or '-':>6} {hop or '-':>5} {seconds * batch / wall:>12.2f} "
                       f"{ar / wall:>6.1f}x")
 
 

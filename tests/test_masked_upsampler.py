@@ -112,10 +112,13 @@ def test_k_passes_per_window_fixed_overlap_and_same_seed_same_codes(monkeypatch)
         return real(self, ids, context)
 
     monkeypatch.setattr(Prior, "window_logits", counted)
-    kwargs = dict(labels=labels(2), upper=upper, steps=5, progress=False)
+    kwargs = dict(labels=labels(2), upper=upper, steps=5, hop_fraction=0.5, progress=False)
     three = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(7), **kwargs)
     windows = len(range(0, 3 * N_CTX - N_CTX // 2, N_CTX // 2))  # hop of half a window: 5 windows
     assert len(passes) == 5 * windows
+    passes.clear()  # the default hop: windows 7/8 of a window apart
+    sample_masked(model, n_tokens=3 * N_CTX, **{**kwargs, "hop_fraction": 0.875})
+    assert len(passes) == 5 * len(range(0, 3 * N_CTX - N_CTX // 8, 7 * N_CTX // 8))
     again = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(7), **kwargs)
     assert torch.equal(three, again)
     other = sample_masked(model, n_tokens=3 * N_CTX, generator=torch.Generator().manual_seed(8), **kwargs)

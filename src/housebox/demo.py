@@ -70,6 +70,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
         f"vqvae_train.steps={plan.vqvae_steps}", f"prior_train.steps={plan.prior_steps}",
         f"upsampler_train.steps={plan.upsampler_steps}",
         f"vqvae_train.seed={seed}", f"prior_train.seed={seed}", f"upsampler_train.seed={seed}",
+        "upsampler.kind=masked",  # same training steps, no worse from the same top codes, several times faster (README)
     ])
     sample_rate = preset["vqvae"]["sample_rate"]
     total = 5

@@ -114,6 +114,8 @@ def _guidance_batch(prior: Prior, labels: Labels, upper: Tensor | None, beats: T
 
 def _window_step(prior: Prior, hop_fraction: float) -> int:
     """Tokens between window starts: `hop_fraction` of n_ctx, whole tokens of the level above and whole mask spans."""
+    if not 0.0 < hop_fraction <= 1.0:
+        raise ValueError(f"hop fraction {hop_fraction:g}: windows must start between 0 and 1 window apart")
     c = prior.config
     step = max(c.upper_ratio, int(c.n_ctx * hop_fraction) // c.upper_ratio * c.upper_ratio)
     return max(c.mask_span, step // c.mask_span * c.mask_span)
@@ -253,7 +255,7 @@ def _sample_masked(
     top_p: float = 1.0,
     cfg_scale: float = 1.0,
     remask_noise: float = 1.0,
-    hop_fraction: float = 0.5,
+    hop_fraction: float = 0.875,
     generator: torch.Generator | None = None,
     progress: bool = True,
     desc: str = "upsample",
