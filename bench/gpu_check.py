@@ -16,7 +16,11 @@ Three parts, each within its own time budget (a part that runs out skips what is
  3. sampling speed (budget 50 s, --quick 30 s): tokens per second of `sample_codes` (what `housebox sample`
     runs: fp32, KV cache) for a `jukebox`-width top prior (width 1024, 8 heads of 128, row / column /
     prev_block attention, n_ctx 8192) of --sample-depth layers (default 8, --quick 4) at batch 1 and 8,
-    random weights (speed does not depend on training), median of 3 runs after a warm-up.
+    random weights (speed does not depend on training), median of 3 runs after a warm-up;
+ 4. upsampling (budget 40 s, --quick 25 s): the `jukebox` level-0 upsampler at --sample-depth layers, both
+    kinds at batch 1: tokens per second of the autoregressive one (--sample-tokens tokens, KV cache) against
+    the masked one (`sample_masked` at sampling's defaults, 4 passes a window, windows 7/8 of a window apart,
+    over two windows' worth of tokens), and their ratio: what the masked kind gains on this GPU.
 Then ONE markdown table, to paste into the README.
 
 Without CUDA it prints one line and exits 0. Exit status 1 when a test fails or a part raises.
@@ -45,7 +49,7 @@ import torch
 
 from housebox.config import apply_overrides, build, load_preset
 from housebox.data.dataset import PriorBatch
-from housebox.generate.sampling import sample_codes
+from housebox.generate.sampling import sample_codes, sample_masked
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Prior, PriorConfig
 from housebox.train.loop import TrainConfig, _ema_update, _weight_decay_groups, move_to
@@ -53,10 +57,11 @@ from housebox.train.plan import gib, plan_prior, prior_configs
 from housebox.train.prior import make_step
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"tests": 270, "memory": 100, "speed": 50}  # seconds per part: 7 minutes, + start-up and a last case
-QUICK_BUDGETS = {"tests": 210, "memory": 60, "speed": 30}
+BUDGETS = {"tests": 270, "memory": 100, "speed": 50, "upsample": 40}  # seconds per part: 7.7 minutes in all
+QUICK_BUDGETS = {"tests": 210, "memory": 60, "speed": 30, "upsample": 25}
 # --device cpu: shapes small enough for one CPU core, the same code paths
-CPU_DEBUG = ["prior.width=128", "prior.heads=2", "prior.depth=2", "prior.n_ctx=512"]
+CPU_DEBUG = ["prior.width=128", "prior.heads=2", "prior.depth=2", "prior.n_ctx=512",
+             "upsampler.width=128", "upsampler.heads=2", "upsampler.depth=2", "upsampler.n_ctx=512"]
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,59 @@ def speed_part(preset: dict, *, depth: int, tokens: int, batches: list[int], rou
     return rows, ok
 
 
+def upsample_part(preset: dict, *, depth: int, tokens: int, device: torch.device,
+                  budget: Budget) -> tuple[list[Row], bool]:
+    """Level-0 upsampling at batch 1: autoregressive tokens/s against masked tokens/s (median of 3 each)."""
+    rates, settings = {}, {}
+    for kind in ("autoregressive", "masked"):
+        section = {**preset["upsampler"], "kind": kind, "beat_clock": False}
+        _, config, _ = prior_configs({**preset, "upsampler": section})[-1]  # level 0 last
+        config = dataclasses.replace(config, depth=depth, checkpoint_blocks=False)
+        torch.manual_seed(0)
+        with torch.device(device):
+            prior = Prior(config)
+        prior.eval()
+        n = min(tokens, config.n_ctx) if kind == "autoregressive" else 2 * config.n_ctx
+        settings[kind] = (f"width {config.width}, {depth} layers, n_ctx {config.n_ctx}, {'/'.join(config.attention)}"
+                          f", {n} tokens")
+        labels = Labels(artist=torch.zeros(1, dtype=torch.long, device=device),
+                        genres=torch.zeros(1, config.max_genres, dtype=torch.long, device=device))
+
+        def once(seed: int, count: int) -> float:
+            upper = torch.randint(config.upper_codebook_size, (1, count // config.upper_ratio),
+                                  generator=torch.Generator().manual_seed(seed)).to(device)
+            common = dict(n_tokens=count, labels=labels, upper=upper, progress=False,
+                          generator=torch.Generator().manual_seed(seed))
+            synchronize(device)
+            started = time.perf_counter()
+            if kind == "masked":
+                sample_masked(prior, **common)
+            else:
+                sample_codes(prior, **common)
+            synchronize(device)
+            return time.perf_counter() - started
+
+        try:
+            once(0, min(n, config.n_ctx) if kind == "masked" else min(32, n))  # warm-up
+            seconds = []
+            for seed in range(1, 4):
+                if seconds and budget.left() <= 0:
+                    break
+                seconds.append(once(seed, n))
+            rates[kind] = n / statistics.median(seconds)
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            return [Row("upsampling", f"level 0, {kind}", f"error: {type(error).__name__}: {error}"[:200])], False
+        finally:
+            del prior
+            free_memory(device)
+        print(f"  level 0, {kind}, {settings[kind]}: {rates[kind]:,.0f} tokens/s", flush=True)
+    ratio = rates["masked"] / rates["autoregressive"]
+    return [Row("upsampling", f"level 0, batch 1, autoregressive ({settings['autoregressive']})",
+                f"{rates['autoregressive']:,.0f} tokens/s"),
+            Row("upsampling", f"level 0, batch 1, masked, 4 passes, hop 0.875 ({settings['masked']})",
+                f"{rates['masked']:,.0f} tokens/s: {ratio:.1f}x the autoregressive kind")], True
+
+
 # ------------------------------------------------------------------------------------------ table
 
 
@@ -366,6 +424,11 @@ def main() -> int:
     speed_rows, passed = speed_part(preset, depth=depth, tokens=tokens, batches=[1, 8], rounds=3, device=device,
                                     budget=Budget(budgets["speed"]))
     rows += speed_rows
+    ok = ok and passed
+    print(f"\n[4] upsampling, autoregressive against masked (budget {budgets['upsample']} s)", flush=True)
+    upsample_rows, passed = upsample_part(preset, depth=depth, tokens=tokens, device=device,
+                                          budget=Budget(budgets["upsample"]))
+    rows += upsample_rows
     ok = ok and passed
 
     total = time.perf_counter() - started
