@@ -337,7 +337,7 @@ def stage_index(args: argparse.Namespace) -> dict:
 
     # the code index holds every track's memory-mapped codes at once while it concatenates them: count
     # descriptors at that moment by wrapping np.concatenate inside the module
-    from housebox.evaluate import originality
+    from housebox.evaluate.originality import codes as originality  # the verbatim-code detector
 
     real = np.concatenate
 

@@ -129,6 +129,43 @@ def test_verbatim_code_run_is_found_with_length_and_track(tmp_path):
     assert copied.verdict == "copied" and copied.longest_code_seconds == pytest.approx(4.0)
     other_vqvae = checker.check("x.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="z" * 64)
     assert other_vqvae.verdict == "original" and "another VQ-VAE" in other_vqvae.notes[0]
+    assert copied.detectors == {"audio": "checked", "codes": "checked levels 0"}
+    assert other_vqvae.longest_code_seconds is None and other_vqvae.detectors["codes"].startswith("not checked")
+
+
+def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path):
+    """A level over max_index_tokens, or a sample without codes: `not checked` and why, in the result, the CLI
+    table, the sample page and the web page's summary, and the verdict rests on what was checked."""
+    from dataclasses import asdict
+
+    from housebox.evaluate.originality import CheckReport, format_table
+    from housebox.generate.pipeline import _originality_table
+    from housebox.web.server import _summary
+
+    rng = np.random.default_rng(1)
+    codes = {f"t{i}": rng.integers(0, 64, 3000) for i in range(3)}
+    noise = [(t, "A", rng.normal(0, 0.1, SR).astype(np.float32)) for t in codes]
+    data = write_dataset(tmp_path / "data", noise, codes)
+    sample = codes["t1"][:1500].copy()  # 12 s verbatim: copied, when the codes are searched
+    searched = OriginalityChecker(data).check("a.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="w" * 64)
+    assert searched.verdict == "copied" and searched.longest_code_seconds > 10
+    too_big = OriginalityChecker(data, OriginalityConfig(max_index_tokens=5000))  # 9,000 training tokens
+    skipped = too_big.check("b.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="w" * 64)
+    assert skipped.longest_code_seconds is None and skipped.code_runs == ()
+    assert skipped.detectors["codes"].startswith("not checked: level 0: 9000 training tokens at level 0")
+    assert skipped.verdict == "original"  # from the audio alone, which was checked
+    no_codes = too_big.check("c.wav", noise[0][2], SR)
+    assert no_codes.detectors["codes"].startswith("not checked: no codes for this sample")
+
+    table = format_table(CheckReport(str(data), (searched, skipped, no_codes)))
+    rows = table.splitlines()
+    assert "12.00s" in rows[2] and "not checked" in rows[3] and "not checked" in rows[4]
+    assert any("9000 training tokens" in line for line in rows) and any("no codes" in line for line in rows)
+    page = _originality_table({"against": str(data), "samples": {r.sample: r.to_dict() for r in
+                                                                (searched, skipped)}})
+    assert "12.00 s" in page and page.count("not checked") >= 2  # the cell, and its tooltip's reason
+    assert "verbatim codes not checked: level 0" in _summary(asdict(skipped), None)["detail"]
+    assert "verbatim codes 12.00 s" in _summary(asdict(searched), None)["detail"]
 
 
 def test_silence_like_code_runs_do_not_count(tmp_path):

@@ -406,6 +406,14 @@ def _verdict_html(result: dict | None) -> str:
     return f'<span class="verdict {verdict}" title="originality check">{verdict}</span>'
 
 
+def _code_cell(result: dict) -> str:
+    """The verbatim-code figure of one sample, or `not checked` and why (never a number it did not measure)."""
+    status = (result.get("detectors") or {}).get("codes", "")
+    if result.get("longest_code_seconds") is None:
+        return f'<span title="{html.escape(status)}">not checked</span>'
+    return f'<span title="{html.escape(status)}">{result["longest_code_seconds"]:.2f} s</span>'
+
+
 def _originality_table(originality: dict) -> str:
     """Per sample: verdict, seconds matching the training set, longest verbatim code run, best match."""
     rows = []
@@ -415,7 +423,7 @@ def _originality_table(originality: dict) -> str:
             m = r["matches"][0]
             best = f"{m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s here"
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{_verdict_html(r)}</td><td>{r['matched_seconds']:.1f} s</td>"
-                    f"<td>{r['longest_match_seconds']:.1f} s</td><td>{r['longest_code_seconds']:.2f} s</td>"
+                    f"<td>{r['longest_match_seconds']:.1f} s</td><td>{_code_cell(r)}</td>"
                     f"<td>{html.escape(best)}</td></tr>")
     return (f"<h2>Originality</h2><p>checked against {html.escape(str(originality.get('against', '')))}</p>"
             "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th>"

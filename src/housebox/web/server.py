@@ -306,8 +306,12 @@ def _summary(result: dict | None, problem: str | None) -> dict:
     if result.get("matches"):
         m = result["matches"][0]
         best = f"best match: {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s"
+    codes = result.get("longest_code_seconds")
+    status = (result.get("detectors") or {}).get("codes", "")
+    codes_text = (f"verbatim codes {status}" if codes is None else f"verbatim codes {codes:.2f} s"
+                  + (f" ({status})" if "not checked" in status else ""))
     detail = (f"{result['longest_match_seconds']:.1f} s longest passage matching a training track, "
-              f"{result['matched_seconds']:.1f} s in all; verbatim codes {result['longest_code_seconds']:.2f} s")
+              f"{result['matched_seconds']:.1f} s in all; {codes_text}")
     return {"verdict": result["verdict"], "detail": detail + (f"; {best}" if best else "")}
 
 

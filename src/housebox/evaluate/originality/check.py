@@ -1,0 +1,215 @@
+"""Checking samples with every detector: the verdict, report.json, the sample page and the CLI table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from housebox.data.prepare import read_manifest
+from housebox.evaluate.originality.codes import CodeIndex, build_code_index, longest_code_run
+from housebox.evaluate.originality.common import (
+    VERDICTS,
+    CheckReport,
+    OriginalityConfig,
+    OriginalityError,
+    SampleOriginality,
+)
+from housebox.evaluate.originality.fingerprint import load_fingerprint_index, match_audio, matched_seconds
+
+
+# ---- checking samples ----------------------------------------------------------------------------
+
+
+class OriginalityChecker:
+    """A dataset's indexes, built or loaded once (the web server keeps one), and checks against them."""
+
+    def __init__(self, data_dir: str | Path, config: OriginalityConfig = OriginalityConfig(), progress: bool = False):
+        self.data_dir = Path(data_dir)
+        self.config = config
+        if not read_manifest(self.data_dir):
+            raise OriginalityError(f"{self.data_dir}: no prepared tracks (is this a `housebox prepare` dataset?)")
+        self.fingerprints = load_fingerprint_index(self.data_dir, config.fingerprint, progress)
+        meta_path = self.data_dir / "codes" / "meta.json"
+        self.codes_meta: dict | None = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        self._code_indexes: dict[int, CodeIndex | str] = {}  # level -> index, or why there is none
+
+    def code_index(self, level: int) -> CodeIndex | str:
+        """The level's k-gram index, or a one-line reason why it cannot be searched."""
+        if level not in self._code_indexes:
+            try:
+                self._code_indexes[level] = build_code_index(self.data_dir, level, self.config)
+            except OriginalityError as err:
+                self._code_indexes[level] = str(err)
+        return self._code_indexes[level]
+
+    def check(self, name: str, audio: np.ndarray, sample_rate: int, codes: dict[int, np.ndarray] | None = None,
+              vqvae_sha256: str | None = None) -> SampleOriginality:
+        """Verdict on one sample: mono audio `[T]`, optionally its codes per level (int `[T_level]`)."""
+        cfg = self.config
+        matches = match_audio(self.fingerprints, audio, sample_rate, cfg)
+        runs, notes, checked, skipped = [], [], [], []
+        if not codes:
+            skipped.append("no codes for this sample (`housebox sample` writes them to codes.npz beside it)")
+        elif self.codes_meta is None:
+            skipped.append("the dataset has no code cache")
+        elif vqvae_sha256 != self.codes_meta.get("weights_sha256"):
+            skipped.append("the dataset's code cache was made by another VQ-VAE")
+        else:
+            for level in sorted(codes, reverse=True):
+                index = self.code_index(level)
+                if isinstance(index, str):
+                    skipped.append(f"level {level}: {index}")
+                    continue
+                checked.append(level)
+                run = longest_code_run(index, codes[level], cfg)
+                if run is not None:
+                    runs.append(run)
+        notes += [f"codes not checked: {why}" for why in skipped if codes]
+        if checked:
+            codes_status = "checked levels " + ", ".join(map(str, checked))
+            codes_status += f"; not checked: {'; '.join(skipped)}" if skipped else ""
+        else:
+            codes_status = f"not checked: {'; '.join(skipped)}"
+        longest_audio = max((m.seconds for m in matches), default=0.0)
+        longest_code = max((r.excess_seconds for r in runs), default=0.0) if checked else None
+        return SampleOriginality(sample=name, verdict=cfg.verdict(longest_audio, longest_code or 0.0),
+                                 matched_seconds=matched_seconds(matches, cfg.fingerprint.frames_per_second),
+                                 longest_match_seconds=longest_audio, longest_code_seconds=longest_code,
+                                 matches=matches[:10], code_runs=tuple(runs), notes=tuple(notes),
+                                 detectors={"audio": "checked", "codes": codes_status})
+
+    def check_folder(self, folder: str | Path, names: list[str] | None = None) -> list[SampleOriginality]:
+        """Check the audio files of one folder (and their rows of its codes.npz, if any); record the
+        verdicts in its report.json (and index.html, for a `housebox sample` folder)."""
+        from housebox.audio.io import load_audio
+
+        folder = Path(folder)
+        report = _read_json(folder / "report.json")
+        names = names or [p.name for p in sorted(folder.iterdir()) if _is_audio(p)]
+        ordered = list(report.get("samples") or [])
+        codes = _read_codes(folder / "codes.npz")
+        sha = report.get("models", {}).get("vqvae", {}).get("sha256")
+        results = []
+        for name in names:
+            audio = load_audio(folder / name, mono=True)
+            row = ordered.index(name) if name in ordered else None
+            own = {lv: c[row] for lv, c in codes.items() if row is not None and row < c.shape[0]} or None
+            results.append(self.check(name, audio.samples[0], audio.sample_rate, own, sha))
+        _record(folder, report, results, self)
+        return results
+
+
+def _is_audio(path: Path) -> bool:
+    from housebox.audio.io import AUDIO_EXTENSIONS
+
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise OriginalityError(f"{path}: not valid JSON") from None
+
+
+def _read_codes(path: Path) -> dict[int, np.ndarray]:
+    """codes.npz -> level -> int `[n x T_level]` (empty without the file)."""
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return {int(k[1:]): data[k] for k in data.files if k[:1] == "l" and k[1:].isdigit()}
+
+
+def _record(folder: Path, report: dict, results: list[SampleOriginality], checker: OriginalityChecker) -> None:
+    from housebox.train.checkpoint import write_json
+
+    cfg = checker.config
+    previous = report.get("originality", {}).get("samples", {})
+    report["originality"] = {
+        "against": str(checker.data_dir.resolve()),
+        "thresholds": {k: getattr(cfg, k) for k in ("suspicious_audio_seconds", "copied_audio_seconds",
+                                                     "suspicious_code_seconds", "copied_code_seconds")},
+        "samples": {**previous, **{r.sample: r.to_dict() for r in results}},
+    }
+    write_json(folder / "report.json", report)
+    if "settings" in report:  # a `housebox sample` folder: its page shows the verdicts
+        from housebox.generate.pipeline import write_index
+
+        write_index(folder, report)
+
+
+def find_samples(samples: str | Path) -> dict[Path, list[str]]:
+    """An audio file, a sample folder, or a folder of sample folders -> folder -> audio file names."""
+    samples = Path(samples)
+    if samples.is_file():
+        if not _is_audio(samples):
+            raise OriginalityError(f"{samples}: not an audio file")
+        return {samples.parent: [samples.name]}
+    if not samples.is_dir():
+        raise OriginalityError(f"{samples}: no such file or folder")
+    found: dict[Path, list[str]] = {}
+    for path in sorted(samples.rglob("*")):
+        if _is_audio(path) and not any(part.startswith(".") for part in path.relative_to(samples).parts):
+            found.setdefault(path.parent, []).append(path.name)
+    if not found:
+        raise OriginalityError(f"{samples}: no audio files inside")
+    return found
+
+
+def check_samples(samples: str | Path, data_dir: str | Path, config: OriginalityConfig = OriginalityConfig(),
+                  progress: bool = False) -> CheckReport:
+    """Check every audio file under `samples` against the dataset in `data_dir`; verdicts go to report.json."""
+    folders = find_samples(samples)
+    checker = OriginalityChecker(data_dir, config, progress)
+    results = []
+    for folder, names in folders.items():
+        for r in checker.check_folder(folder, names):
+            results.append(replace(r, sample=str(folder / r.sample)))
+    return CheckReport(data_dir=str(data_dir), samples=tuple(results), config=config)
+
+
+def format_table(report: CheckReport) -> str:
+    """A plain-text summary: one line per sample."""
+    header = f"{'sample':<44} {'verdict':<10} {'matched':>8} {'longest':>8} {'codes':>11}  best match"
+    lines = [header, "-" * len(header)]
+    for s in report.samples:
+        best = ""
+        if s.matches:
+            m = s.matches[0]
+            best = f"{m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s)"
+        elif s.code_runs:
+            r = max(s.code_runs, key=lambda r: r.seconds)
+            best = f"codes l{r.level}: {r.artist} {r.track_id} at {r.track_start:.1f} s"
+        name = s.sample if len(s.sample) <= 44 else "..." + s.sample[-41:]
+        code = "not checked" if s.longest_code_seconds is None else f"{s.longest_code_seconds:.2f}s"
+        lines.append(f"{name:<44} {s.verdict:<10} {s.matched_seconds:>7.1f}s {s.longest_match_seconds:>7.1f}s "
+                     f"{code:>11}  {best}")
+    statuses = [s.detectors.get("codes", "") for s in report.samples]
+    for status in sorted({st for st in statuses if "not checked" in st}):
+        lines.append(f"verbatim codes of {statuses.count(status)} sample(s): {status}")
+    counts = {v: sum(s.verdict == v for s in report.samples) for v in VERDICTS}
+    lines.append(", ".join(f"{n} {v}" for v, n in counts.items()) + f" (against {report.data_dir})")
+    return "\n".join(lines)
+
+
+def training_data(run_dir: str | Path) -> Path:
+    """The dataset a run's top-level prior was trained on (its config.json: describe.data.dir)."""
+    from housebox.train.checkpoint import read_config
+
+    found = []
+    for sub in sorted(p for p in Path(run_dir).iterdir() if (p / "config.json").exists()):
+        describe = read_config(sub).get("describe", {})
+        if describe.get("kind") == "prior" and describe.get("data", {}).get("dir"):
+            found.append((int(describe.get("level", 0)), Path(describe["data"]["dir"])))
+    if not found:
+        raise OriginalityError(f"{run_dir}: no prior that names its training data; use `housebox check --against DATA`")
+    data_dir = max(found)[1]
+    if not (data_dir / "manifest.jsonl").exists():
+        raise OriginalityError(f"{run_dir} was trained on {data_dir}, which is gone; "
+                               "use `housebox check --against DATA`")
+    return data_dir

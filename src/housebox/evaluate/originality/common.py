@@ -1,0 +1,153 @@
+"""Settings, results and errors shared by the originality detectors (see the package's docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+VERDICTS = ("original", "suspicious", "copied")
+FREQ_BITS, DT_BITS = 10, 7  # a landmark hash: f1 (10 bits) | f2 (10 bits) | dt (7 bits), in a uint32
+
+
+class OriginalityError(ValueError):
+    """Inputs the originality check cannot use. The message is one line."""
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """How sounds become landmark hashes (changing any field rebuilds the index)."""
+
+    sample_rate: int = 11025  # everything is resampled to this first: up to 5.5 kHz, what lossy coding keeps
+    n_fft: int = 512  # 46 ms; 257 bins
+    hop: int = 128  # 11.6 ms frames
+    peak_bins: int = 12  # a peak is the maximum of +-peak_bins ...
+    peak_frames: int = 8  # ... by +-peak_frames around it
+    min_prominence_db: float = 6.0  # above the mean of that neighbourhood
+    floor_db: float = 70.0  # ignore peaks this far below the loudest bin of the sound
+    peaks_per_second: int = 24  # the most prominent ones, per second of sound
+    fan_out: int = 8  # pairs per anchor peak
+    max_dt_frames: int = 90  # target zone: up to ~1 s after the anchor
+
+    def __post_init__(self):
+        if self.n_fft // 2 + 1 > 1 << FREQ_BITS or not 1 <= self.max_dt_frames < 1 << DT_BITS:
+            raise OriginalityError(f"fingerprint: n_fft must be at most {2 * (1 << FREQ_BITS) - 2} and "
+                                   f"max_dt_frames 1..{(1 << DT_BITS) - 1}")
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop
+
+
+@dataclass(frozen=True)
+class OriginalityConfig:
+    """Matching settings and the verdict thresholds (seconds of audio or codes)."""
+
+    fingerprint: FingerprintConfig = FingerprintConfig()
+    window_seconds: float = 1.5  # a moment of the sample matches when the window centred on it holds ...
+    min_window_hashes: int = 5  # ... at least this many hashes agreeing on one (track, offset) ...
+    min_window_fraction: float = 0.3  # ... that are at least this share of all its hashes (rarity-weighted)
+    offset_tolerance_frames: int = 2  # votes within +-this many frames agree on one offset
+    max_candidates: int = 32  # (track, offset) pairs examined per sample, most voted first
+    query_shifts: int = 4  # frame grids a sample is fingerprinted on (the index has one)
+    hash_jitter: int = 1  # also look up each hash with f1, f2, dt moved by up to this much
+    ngram_seconds: float = 0.05  # k of the code k-grams, in seconds of tokens (at least min_ngram)
+    min_ngram: int = 4
+    max_ngram_count: int = 256  # k-grams more frequent than this in the training codes are ignored
+    max_index_tokens: int = 50_000_000  # levels with more training tokens are not searched
+    # longest passage matching one training track. Measured on the demo corpus (synthetic: an artist's
+    # tracks share sample-identical sounds): unrelated tracks of one artist match for at most 3.0 s
+    # (60 tracks, leave-one-out), new renders of an artist for at most 3.6 s (180 renders, against a
+    # corpus with one or four tracks per artist); 10 s pasted from a training track match for at least
+    # 9.2 s, and 9.0 s as mp3 at 22.05 kHz, 6 dB quieter (51 pastes each)
+    suspicious_audio_seconds: float = 5.0
+    copied_audio_seconds: float = 7.0
+    # longest verbatim run of codes at any level, beyond the longest run that different training
+    # tracks share at that level (measured on the dataset; tiny-VQ-VAE demo: up to 7.8 s at the top level)
+    suspicious_code_seconds: float = 1.0
+    copied_code_seconds: float = 3.0
+    calibration_tracks: int = 32  # tracks used to measure what different training tracks share
+
+    def verdict(self, audio_seconds: float, code_seconds: float) -> str:
+        """From the longest matching passage and the longest verbatim code run (beyond the natural one)."""
+        if audio_seconds >= self.copied_audio_seconds or code_seconds >= self.copied_code_seconds:
+            return "copied"
+        if audio_seconds >= self.suspicious_audio_seconds or code_seconds >= self.suspicious_code_seconds:
+            return "suspicious"
+        return "original"
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    hashes: np.ndarray  # uint32 [H]: f1 << 17 | f2 << 7 | dt
+    times: np.ndarray  # int32 [H]: frame of the anchor peak
+    frames: int  # length of the sound in frames
+    shift_seconds: float = 0.0  # frame 0 starts this far into the sound
+
+
+@dataclass(frozen=True)
+class AudioMatch:
+    """A passage of the sample found in one training track at one offset."""
+
+    track_id: str
+    artist: str
+    sample_start: float  # seconds into the sample
+    track_start: float  # seconds into the training track
+    seconds: float
+    hashes: int  # agreeing hashes in the passage
+    fraction: float  # their share of the sample's hashes in the passage (weighted by rarity)
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """The longest run of one level's codes found verbatim in the training code cache."""
+
+    level: int
+    track_id: str
+    artist: str
+    sample_token: int
+    track_token: int
+    tokens: int
+    seconds: float
+    sample_start: float
+    track_start: float
+    natural_seconds: float = 0.0  # what different training tracks share at this level
+
+    @property
+    def excess_seconds(self) -> float:
+        """How far the run goes beyond what unrelated training tracks share: the evidence of copying."""
+        return round(max(0.0, self.seconds - self.natural_seconds), 3)
+
+
+@dataclass(frozen=True)
+class SampleOriginality:
+    sample: str  # file name
+    verdict: str
+    matched_seconds: float  # all matched segments, any track
+    longest_match_seconds: float
+    # beyond what unrelated training tracks share (CodeRun.excess_seconds); None: no level's codes were checked
+    longest_code_seconds: float | None
+    matches: tuple[AudioMatch, ...]
+    code_runs: tuple[CodeRun, ...]
+    notes: tuple[str, ...] = ()
+    # detector -> "checked", "checked levels 2, 1; not checked: ..." or "not checked: why" (never a number)
+    detectors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for run, row in zip(self.code_runs, data["code_runs"]):
+            row["excess_seconds"] = run.excess_seconds
+        return data
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    data_dir: str
+    samples: tuple[SampleOriginality, ...]
+    config: OriginalityConfig = field(default_factory=OriginalityConfig)
