@@ -92,6 +92,28 @@ def test_spliced_training_passage_is_flagged_with_track_and_offset(demo_data, tm
     assert written["samples"][result.sample.split("/")[-1]]["verdict"] == "copied"
 
 
+def test_a_copy_played_faster_or_slower_is_named_with_its_speed(tmp_path):
+    """A passage resampled 5% faster (tempo and pitch up together, a record sped up) or 7% slower is found in
+    the right track by the speed variants, which the exact matcher alone misses."""
+    from dataclasses import replace
+
+    tracks = [(f"{a}0", style.name, render_track(style, 20.0, SR, seed=400).mean(axis=0))
+              for a, style in enumerate(ARTISTS)]
+    data = write_dataset(tmp_path / "data", tracks)
+    index = load_fingerprint_index(data)
+    passage = tracks[1][2][4 * SR : 14 * SR]
+    for speed in (1.05, 0.93):
+        copy = resample(passage.reshape(1, -1), round(SR * speed), SR)[0]
+        matches = match_audio(index, copy, SR)
+        best = max(matches, key=lambda m: m.seconds)
+        assert best.track_id == "10" and best.seconds >= CONFIG.copied_audio_seconds, matches
+        assert best.tempo == pytest.approx(speed, abs=0.011) and best.semitones == pytest.approx(
+            12 * np.log2(best.tempo), abs=1e-3)
+        assert best.track_start == pytest.approx(4.0 + best.sample_start * best.tempo, abs=0.3)  # where it was taken
+        exact = match_audio(index, copy, SR, replace(CONFIG, speed_factors=()))
+        assert max((m.seconds for m in exact), default=0.0) < CONFIG.suspicious_audio_seconds
+
+
 def test_unrelated_tracks_of_one_artist_are_not_copies(tmp_path):
     """The demo artists reuse their sounds and patterns: leave-one-out, no track may look copied."""
     tracks = [(f"{a}{s}", style.name, render_track(style, 20.0, SR, seed=100 + s).mean(axis=0))

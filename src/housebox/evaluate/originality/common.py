@@ -54,6 +54,11 @@ class OriginalityConfig:
     max_candidates: int = 32  # (track, offset) pairs examined per sample, most voted first
     query_shifts: int = 4  # frame grids a sample is fingerprinted on (the index has one)
     hash_jitter: int = 1  # also look up each hash with f1, f2, dt moved by up to this much
+    # a copy played faster or slower, as a record or a resampled file is (tempo and pitch together): the
+    # sample's peaks are also mapped back by each of these speeds (1.05: 5% faster and 0.84 semitones higher),
+    # on the first frame grid; the index is unchanged. One speed catches copies within +-0.5% of it (measured
+    # on a 5%-faster copy), hence 1% steps; bench/bench_copy_robustness.py measures what is caught
+    speed_factors: tuple[float, ...] = tuple(round(1.0 + k / 100, 2) for k in range(-8, 9) if k)
     ngram_seconds: float = 0.05  # k of the code k-grams, in seconds of tokens (at least min_ngram)
     min_ngram: int = 4
     max_ngram_count: int = 256  # k-grams more frequent than this in the training codes are ignored
@@ -89,6 +94,8 @@ class Fingerprint:
     times: np.ndarray  # int32 [H]: frame of the anchor peak
     frames: int  # length of the sound in frames
     shift_seconds: float = 0.0  # frame 0 starts this far into the sound
+    tempo: float = 1.0  # peaks mapped back as if the sound ran this many times faster than a training track ...
+    semitones: float = 0.0  # ... and this many semitones higher (frames and times are then the track's)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class AudioMatch:
     seconds: float
     hashes: int  # agreeing hashes in the passage
     fraction: float  # their share of the sample's hashes in the passage (weighted by rarity)
+    tempo: float = 1.0  # the sample plays the passage this many times faster than the training track
+    semitones: float = 0.0  # and this many semitones higher
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,14 @@ def landmark_hashes(bins: np.ndarray, frames: np.ndarray, config: FingerprintCon
 
 
 def fingerprint(audio: np.ndarray, sample_rate: int, config: FingerprintConfig = FingerprintConfig(),
-                shifts: int = 1) -> list[Fingerprint]:
+                shifts: int = 1, variants: tuple[tuple[float, float], ...] = ()) -> list[Fingerprint]:
     """Landmark hashes of mono float audio `[T]` at any sample rate, on `shifts` frame grids hop/shifts apart.
 
     The index holds one grid per track; a query on several grids finds the one that lines up with it
-    within hop / (2 * shifts), which keeps far more of its peaks (and hashes) equal.
+    within hop / (2 * shifts), which keeps far more of its peaks (and hashes) equal. Each (tempo, semitones)
+    of `variants` adds one more fingerprint of the first grid with its peaks mapped back to the training
+    track's time and pitch (frames x tempo, bins / 2^(semitones/12)): a copy played faster or transposed
+    then hashes as the original does.
     """
     from housebox.audio.io import resample
 
@@ -105,6 +108,16 @@ def fingerprint(audio: np.ndarray, sample_rate: int, config: FingerprintConfig =
         hashes, times = landmark_hashes(bins, frames, config)
         out.append(Fingerprint(hashes=hashes, times=times, frames=spec.shape[1],
                                shift_seconds=shift / config.sample_rate))
+        for tempo, semitones in variants if k == 0 else ():
+            if tempo == 1.0 and semitones == 0.0:
+                continue
+            mapped_bins = np.round(bins / 2.0 ** (semitones / 12.0)).astype(np.int32)
+            mapped_frames = np.round(frames * tempo).astype(np.int32)
+            keep = (mapped_bins >= 1) & (mapped_bins <= config.n_fft // 2)
+            order = np.lexsort((mapped_bins[keep], mapped_frames[keep]))  # by time, then frequency
+            hashes, times = landmark_hashes(mapped_bins[keep][order], mapped_frames[keep][order], config)
+            out.append(Fingerprint(hashes=hashes, times=times, frames=int(np.ceil(spec.shape[1] * tempo)) + 1,
+                                   tempo=tempo, semitones=round(semitones, 3)))
     return out
 
 
@@ -276,11 +289,13 @@ def match_fingerprint(index: FingerprintIndex, fp: Fingerprint, config: Original
             inside = times[chosen]
             start, end = int(inside.min()), int(inside.max()) + 1
             total = weight[(fp.times >= start) & (fp.times < end)].sum()
+            # frames are the track's time scale: the sample's own seconds are divided by the tempo
             matches.append(AudioMatch(track_id=index.track_ids[t], artist=index.artists[t],
-                                      sample_start=round(start / fps + fp.shift_seconds, 3),
+                                      sample_start=round(start / fps / fp.tempo + fp.shift_seconds, 3),
                                       track_start=round((start + off) / fps, 3),
-                                      seconds=round((end - start) / fps, 3), hashes=int(inside.size),
-                                      fraction=round(float(weight[rows][chosen].sum() / max(total, 1e-9)), 3)))
+                                      seconds=round((end - start) / fps / fp.tempo, 3), hashes=int(inside.size),
+                                      fraction=round(float(weight[rows][chosen].sum() / max(total, 1e-9)), 3),
+                                      tempo=fp.tempo, semitones=fp.semitones))
     return matches
 
 
@@ -298,7 +313,8 @@ def match_audio(index: FingerprintIndex, audio: np.ndarray, sample_rate: int,
     of the sample, the one with the most agreeing hashes is kept, with those at other offsets that come
     within 75 % of it (the passage recurs in that track).
     """
-    found = [m for fp in fingerprint(audio, sample_rate, config.fingerprint, config.query_shifts)
+    variants = tuple((speed, 12.0 * float(np.log2(speed))) for speed in config.speed_factors)
+    found = [m for fp in fingerprint(audio, sample_rate, config.fingerprint, config.query_shifts, variants)
              for m in match_fingerprint(index, fp, config)]
     kept: list[AudioMatch] = []
     for m in sorted(found, key=lambda m: (-m.hashes, -m.seconds)):
