@@ -601,7 +601,7 @@ def run(args: argparse.Namespace, work: Path, one: set[int], two: set[int], work
         index_build, index_bytes = r["fingerprint_build_s"], r["fingerprint_bytes_on_disk"]
         print(f"\n== check index ==\nfingerprint index: {r['hashes']:,} hashes, built and stored in "
               f"{r['fingerprint_build_s']:.1f} s, {size(r['fingerprint_bytes_on_disk'])} on disk "
-              f"({size(r['fingerprint_bytes_in_memory'])} in memory), loaded again in {r['fingerprint_load_s']:.2f} s")
+              f"({size(r['fingerprint_bytes_in_memory'])} memory-mapped, not read in), loaded again in {r['fingerprint_load_s']:.2f} s")
         for level, v in sorted(r["code_levels"].items(), key=lambda kv: -int(kv[0])):
             if "error" in v:
                 print(f"code index l{level}: not built: {v['error']}")

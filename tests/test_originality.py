@@ -15,6 +15,7 @@ from housebox.data.demo_corpus import ARTISTS, render_track
 from housebox.data.prepare import load_track, read_manifest
 from housebox.evaluate.originality import (
     FingerprintConfig,
+    build_fingerprint_index,
     OriginalityChecker,
     OriginalityConfig,
     build_code_index,
@@ -200,18 +201,46 @@ def test_silence_like_code_runs_do_not_count(tmp_path):
     assert longest_code_run(index, np.concatenate([np.full(300, 7), codes["t0"][2000:2400]])).tokens >= 400
 
 
-def test_fingerprint_index_is_stored_and_follows_the_dataset(demo_data, tmp_path):
+def test_fingerprint_index_is_stored_and_follows_the_dataset(demo_data, tmp_path, monkeypatch):
+    """Stored once, memory-mapped; a new track is fingerprinted alone and merged, a removed one dropped, and
+    the index is then the same as one built from scratch; other settings rebuild it."""
+    from housebox.evaluate.originality import landmarks as fingerprint_module
+
     data = tmp_path / "data"
     shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("codes", "fingerprints"))
+    rows = (data / "manifest.jsonl").read_text().splitlines()
+    (data / "manifest.jsonl").write_text("\n".join(rows[:-1]) + "\n")  # all but the last track, at first
     first = load_fingerprint_index(data)
-    stored = data / "fingerprints" / "index.npz"
+    assert isinstance(first.hashes, np.memmap) and len(first.track_ids) == len(rows) - 1
+    stored = data / "fingerprints" / "hashes.npy"
     stamp = stored.stat().st_mtime_ns
     again = load_fingerprint_index(data)
     assert stored.stat().st_mtime_ns == stamp and np.array_equal(first.hashes, again.hashes)
-    rows = (data / "manifest.jsonl").read_text().splitlines()
-    (data / "manifest.jsonl").write_text("\n".join(rows[:2]) + "\n")  # the dataset lost a track
+
+    def triples(index):
+        """The index as a set of (hash, track id, time): independent of the track numbering."""
+        ids = np.array(index.track_ids)
+        return set(zip(np.asarray(index.hashes).tolist(), ids[np.asarray(index.tracks)].tolist(),
+                       np.asarray(index.times).tolist()))
+
+    calls = []
+    real = fingerprint_module.fingerprint
+    monkeypatch.setattr(fingerprint_module, "fingerprint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    (data / "manifest.jsonl").write_text("\n".join(rows) + "\n")  # the last track arrives
+    grown = load_fingerprint_index(data)
+    assert len(calls) == 1 and len(grown.track_ids) == len(rows)  # only the new track was fingerprinted
+    assert np.all(np.diff(np.asarray(grown.hashes).astype(np.int64)) >= 0)  # still sorted
+    monkeypatch.setattr(fingerprint_module, "fingerprint", real)
+    fresh = build_fingerprint_index(data)
+    assert triples(grown) == triples(fresh)
+
+    (data / "manifest.jsonl").write_text("\n".join(rows[1:]) + "\n")  # the first track is gone
     smaller = load_fingerprint_index(data)
-    assert len(smaller.track_ids) == 2 and smaller.hashes.size < first.hashes.size
+    assert len(smaller.track_ids) == len(rows) - 1 and smaller.hashes.size < grown.hashes.size
+    assert triples(smaller) == triples(build_fingerprint_index(data))
+    other = load_fingerprint_index(data, FingerprintConfig(fan_out=4))  # other settings: rebuilt
+    assert other.hashes.size < smaller.hashes.size and triples(other) == triples(
+        build_fingerprint_index(data, FingerprintConfig(fan_out=4)))
 
 
 def test_check_cli_errors_are_one_line(demo_data, tmp_path, capsys):

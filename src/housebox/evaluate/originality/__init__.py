@@ -20,7 +20,7 @@
 Thresholds that turn these measurements into "original" / "suspicious" / "copied" are in
 `OriginalityConfig`; `check_samples` writes each verdict into its sample folder's report.json.
 
-The package, one module per detector: `common` (settings, results), `fingerprint` (a), `codes` (b),
+The package, one module per detector: `common` (settings, results), `landmarks` (a), `codes` (b),
 `check` (all detectors on samples, the verdict, report.json and the CLI table).
 """
 
@@ -50,7 +50,7 @@ from housebox.evaluate.originality.common import (
     OriginalityError,
     SampleOriginality,
 )
-from housebox.evaluate.originality.fingerprint import (
+from housebox.evaluate.originality.landmarks import (
     INDEX_DIR,
     INDEX_VERSION,
     FingerprintIndex,

@@ -17,7 +17,7 @@ from housebox.evaluate.originality.common import (
     OriginalityError,
     SampleOriginality,
 )
-from housebox.evaluate.originality.fingerprint import load_fingerprint_index, match_audio, matched_seconds
+from housebox.evaluate.originality.landmarks import load_fingerprint_index, match_audio, matched_seconds
 
 
 # ---- checking samples ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 
 from housebox.data.prepare import read_manifest
 from housebox.evaluate.originality.common import CodeRun, OriginalityConfig, OriginalityError
-from housebox.evaluate.originality.fingerprint import _expand
+from housebox.evaluate.originality.landmarks import _expand
 
 
 # ---- verbatim runs of codes ----------------------------------------------------------------------

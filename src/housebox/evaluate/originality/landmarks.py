@@ -22,7 +22,7 @@ from housebox.evaluate.originality.common import (
 )
 
 INDEX_DIR = "fingerprints"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: one .npy per array, memory-mapped, updated track by track
 
 
 # ---- landmark fingerprints -----------------------------------------------------------------------
@@ -141,52 +141,90 @@ def manifest_key(rows: list[dict]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def build_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = FingerprintConfig(),
-                            progress: bool = False) -> FingerprintIndex:
-    """Fingerprint every track of a prepared dataset (no caching; see `load_fingerprint_index`)."""
+def _fingerprint_rows(data_dir: Path, rows: list[dict], first: int, config: FingerprintConfig,
+                      progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes, tracks, times) of `rows`, numbered from `first`, sorted by hash."""
     from tqdm import tqdm
 
-    rows = read_manifest(data_dir)
-    if not rows:
-        raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
-    hashes, tracks, times = [], [], []
+    hashes, tracks, times = [np.zeros(0, np.uint32)], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
     for i, row in enumerate(tqdm(rows, desc="fingerprint", unit="track", disable=not progress, dynamic_ncols=True)):
         audio = np.asarray(load_track(data_dir, row["id"]), dtype=np.float32) / 32768.0  # (T,)
         fp = fingerprint(audio, row["sample_rate"], config)[0]
         hashes.append(fp.hashes)
         times.append(fp.times)
-        tracks.append(np.full(fp.hashes.size, i, dtype=np.int32))
+        tracks.append(np.full(fp.hashes.size, first + i, dtype=np.int32))
     hashes_all = np.concatenate(hashes)
     order = np.argsort(hashes_all, kind="stable")
-    return FingerprintIndex(hashes=hashes_all[order], tracks=np.concatenate(tracks)[order],
-                            times=np.concatenate(times)[order], track_ids=tuple(r["id"] for r in rows),
+    return hashes_all[order], np.concatenate(tracks)[order], np.concatenate(times)[order]
+
+
+def build_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = FingerprintConfig(),
+                            progress: bool = False) -> FingerprintIndex:
+    """Fingerprint every track of a prepared dataset (no caching; see `load_fingerprint_index`)."""
+    rows = read_manifest(data_dir)
+    if not rows:
+        raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
+    hashes, tracks, times = _fingerprint_rows(Path(data_dir), rows, 0, config, progress)
+    return FingerprintIndex(hashes=hashes, tracks=tracks, times=times, track_ids=tuple(r["id"] for r in rows),
                             artists=tuple(r["artist"] for r in rows), config=config)
+
+
+ARRAYS = ("hashes", "tracks", "times")
 
 
 def load_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = FingerprintConfig(),
                            progress: bool = False) -> FingerprintIndex:
-    """The index stored in `DATA/fingerprints/`, rebuilt (and stored) when the dataset or the settings changed."""
+    """The index stored in `DATA/fingerprints/`, brought up to date with the dataset and memory-mapped.
+
+    Only tracks new to the dataset (or whose audio changed) are fingerprinted and merged into the sorted
+    arrays; tracks gone from the dataset are dropped; other settings rebuild it. The arrays are .npy files
+    read through memory maps (three descriptors, whatever the number of tracks), replaced atomically."""
     data_dir = Path(data_dir)
     folder = data_dir / INDEX_DIR
-    meta = {"version": INDEX_VERSION, "manifest": manifest_key(read_manifest(data_dir)), "config": asdict(config)}
-    meta_path, arrays_path = folder / "meta.json", folder / "index.npz"
-    if meta_path.exists() and arrays_path.exists():
-        stored = json.loads(meta_path.read_text())
-        if {k: stored.get(k) for k in meta} == meta:
-            with np.load(arrays_path) as data:
-                return FingerprintIndex(hashes=data["hashes"], tracks=data["tracks"], times=data["times"],
-                                        track_ids=tuple(stored["track_ids"]), artists=tuple(stored["artists"]),
-                                        config=config)
-    index = build_fingerprint_index(data_dir, config, progress)
+    rows = read_manifest(data_dir)
+    if not rows:
+        raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
+    meta_path = folder / "meta.json"
+    stored = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    usable = (stored.get("version") == INDEX_VERSION and stored.get("config") == asdict(config)
+              and all((folder / f"{name}.npy").exists() for name in ARRAYS))
+    known = {t["id"]: (i, t["sha256"]) for i, t in enumerate(stored.get("tracks", []))} if usable else {}
+    current = {r["id"]: r for r in rows}
+    kept = [t for t, (_, sha) in known.items() if t in current and current[t]["sha256"] == sha]  # stored order
+    unchanged = set(kept)
+    new_rows = [r for r in rows if r["id"] not in unchanged]
+    if usable and not new_rows and len(kept) == len(known):
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        return FingerprintIndex(**arrays, track_ids=tuple(kept), artists=tuple(current[t]["artist"] for t in kept),
+                                config=config)
+    if kept:
+        old = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        renumber = np.full(len(known), -1, dtype=np.int32)  # old track number -> new, -1: dropped
+        renumber[[known[t][0] for t in kept]] = np.arange(len(kept), dtype=np.int32)
+        keep = renumber[old["tracks"]] >= 0
+        hashes, times = np.asarray(old["hashes"])[keep], np.asarray(old["times"])[keep]
+        tracks = renumber[np.asarray(old["tracks"])[keep]]
+        del old
+    else:
+        hashes, tracks, times = np.zeros(0, np.uint32), np.zeros(0, np.int32), np.zeros(0, np.int32)
+    add_hashes, add_tracks, add_times = _fingerprint_rows(data_dir, new_rows, len(kept), config, progress)
+    at = np.searchsorted(hashes, add_hashes, side="right")  # merge two sorted arrays; equal hashes keep track order
+    hashes, tracks, times = (np.insert(hashes, at, add_hashes), np.insert(tracks, at, add_tracks),
+                             np.insert(times, at, add_times))
+    order = kept + [r["id"] for r in new_rows]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".index.tmp.npz"
-    np.savez(tmp, hashes=index.hashes, tracks=index.tracks, times=index.times)
-    os.replace(tmp, arrays_path)
     from housebox.train.checkpoint import write_json
 
-    write_json(meta_path, {**meta, "track_ids": list(index.track_ids), "artists": list(index.artists),
-                           "hashes": int(index.hashes.size)})
-    return index
+    meta_path.unlink(missing_ok=True)  # arrays and meta change together: without meta the arrays are not used
+    for name, values in (("hashes", hashes), ("tracks", tracks), ("times", times)):
+        tmp = folder / f".{name}.tmp.npy"
+        np.save(tmp, values)
+        os.replace(tmp, folder / f"{name}.npy")
+    (folder / "index.npz").unlink(missing_ok=True)  # the single-file format before version 2
+    write_json(meta_path, {"version": INDEX_VERSION, "config": asdict(config), "hashes": int(hashes.size),
+                           "manifest": manifest_key(rows),
+                           "tracks": [{"id": t, "sha256": current[t]["sha256"]} for t in order]})
+    return load_fingerprint_index(data_dir, config, progress)
 
 
 # ---- matching a sample's fingerprint -------------------------------------------------------------
