@@ -50,7 +50,7 @@ class OriginalityChecker:
         """Verdict on one sample: mono audio `[T]`, optionally its codes per level (int `[T_level]`)."""
         cfg = self.config
         matches = match_audio(self.fingerprints, audio, sample_rate, cfg)
-        runs, notes, checked, skipped = [], [], [], []
+        runs, checked, skipped = [], [], []
         if not codes:
             skipped.append("no codes for this sample (`housebox sample` writes them to codes.npz beside it)")
         elif self.codes_meta is None:
@@ -67,7 +67,7 @@ class OriginalityChecker:
                 run = longest_code_run(index, codes[level], cfg)
                 if run is not None:
                     runs.append(run)
-        notes += [f"codes not checked: {why}" for why in skipped if codes]
+        notes = [f"codes not checked: {why}" for why in skipped] if codes else []  # a sample without codes: none
         if checked:
             codes_status = "checked levels " + ", ".join(map(str, checked))
             codes_status += f"; not checked: {'; '.join(skipped)}" if skipped else ""
