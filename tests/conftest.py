@@ -53,6 +53,37 @@ def write_m4a(path: Path, samples: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+def write_prepared(root: Path, tracks, codes=None, hop: int = 128, sample_rate: int = 16000,
+                   beats: bool = False) -> Path:
+    """A minimal prepared dataset: tracks = [(id, artist, float audio [T])], codes = {id: int [N]} at level 0;
+    with beats, each track's beat grid as `housebox prepare` stores it."""
+    import json
+
+    from housebox.audio.features import track_beats
+
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for track_id, artist, audio in tracks:
+        pcm = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+        np.save(root / "audio" / f"{track_id}.npy", pcm)
+        row = {"id": track_id, "sha256": track_id * 4, "artist": artist, "genres": [], "samples": len(audio),
+               "seconds": len(audio) / sample_rate, "sample_rate": sample_rate, "split": "train"}
+        if beats:
+            grid = track_beats(pcm / 32767.0, sample_rate)
+            (root / "beats").mkdir(exist_ok=True)
+            np.save(root / "beats" / f"{track_id}.npy", grid.times.astype(np.float32))
+            row.update(beats=int(grid.times.size), downbeat=grid.downbeat)
+        rows.append(row)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if codes:
+        (root / "codes" / "l0").mkdir(parents=True)
+        for track_id, c in codes.items():
+            np.save(root / "codes" / "l0" / f"{track_id}.npy", c.astype(np.int16))
+        meta = {"hops": [hop], "sample_rate": sample_rate, "codebook_size": 64, "weights_sha256": "w" * 64}
+        (root / "codes" / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
 @pytest.fixture
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import train_tiny_run
+from conftest import train_tiny_run, write_prepared
 from housebox.audio.io import load_audio, resample, save_audio
 from housebox.cli import main
 from housebox.data.demo_corpus import ARTISTS, render_track
@@ -31,21 +31,7 @@ CONFIG = OriginalityConfig()
 
 
 def write_dataset(root, tracks, codes=None, hop=128):
-    """A minimal prepared dataset: tracks = [(id, artist, float audio [T])], codes = {id: int [N]} at level 0."""
-    (root / "audio").mkdir(parents=True)
-    rows = []
-    for track_id, artist, audio in tracks:
-        np.save(root / "audio" / f"{track_id}.npy", np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
-        rows.append({"id": track_id, "sha256": track_id * 4, "artist": artist, "genres": [], "samples": len(audio),
-                     "seconds": len(audio) / SR, "sample_rate": SR, "split": "train"})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if codes:
-        (root / "codes" / "l0").mkdir(parents=True)
-        for track_id, c in codes.items():
-            np.save(root / "codes" / "l0" / f"{track_id}.npy", c.astype(np.int16))
-        meta = {"hops": [hop], "sample_rate": SR, "codebook_size": 64, "weights_sha256": "w" * 64}
-        (root / "codes" / "meta.json").write_text(json.dumps(meta))
-    return root
+    return write_prepared(root, tracks, codes, hop, SR)
 
 
 def splice(demo_data, track: int, t0: float, s0: float, seconds: float = 10.0) -> tuple[str, np.ndarray]:
@@ -152,7 +138,9 @@ def test_verbatim_code_run_is_found_with_length_and_track(tmp_path):
     assert copied.verdict == "copied" and copied.longest_code_seconds == pytest.approx(4.0)
     other_vqvae = checker.check("x.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="z" * 64)
     assert other_vqvae.verdict == "original" and "another VQ-VAE" in other_vqvae.notes[0]
-    assert copied.detectors == {"audio": "checked", "codes": "checked levels 0"}
+    assert copied.detectors["audio"] == "checked" and copied.detectors["codes"] == "checked levels 0"
+    assert copied.detectors["melody"] == "not checked: no training track has a beat grid (`housebox prepare` tracks the beats)"
+    assert copied.longest_melody_seconds is None and copied.fired == {"codes": "copied"}
     assert other_vqvae.longest_code_seconds is None and other_vqvae.detectors["codes"].startswith("not checked")
 
 
@@ -182,7 +170,8 @@ def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path)
 
     table = format_table(CheckReport(str(data), (searched, skipped, no_codes)))
     rows = table.splitlines()
-    assert "12.00s" in rows[2] and "not checked" in rows[3] and "not checked" in rows[4]
+    # the melody column says not checked on every row (no beat grids); the codes column on two
+    assert "12.00s" in rows[2] and [rows[i].count("not checked") for i in (2, 3, 4)] == [1, 2, 2]
     assert any("9000 training tokens" in line for line in rows) and any("no codes" in line for line in rows)
     page = _originality_table({"against": str(data), "samples": {r.sample: r.to_dict() for r in
                                                                 (searched, skipped)}})

@@ -7,7 +7,8 @@ long tracks. Bad input (not 1-D, empty, silent, bad band) raises `FeatureError`,
 - `onset_envelope`: log-magnitude spectral flux, optionally summed over one frequency band only.
 - `estimate_tempo`: autocorrelation of the onset envelope, scored by a comb over the first beat
   multiples on a 0.01-BPM grid, with a soft preference for 90-180 BPM.
-- `chroma` / `estimate_key`: 12-bin pitch-class profile and Krumhansl-Schmuckler key finding.
+- `chroma` / `estimate_key`: 12-bin pitch-class profile and Krumhansl-Schmuckler key finding;
+  `beat_chroma`: one profile per beat.
 - `beat_periodicity`: how strongly the (low-band) onsets repeat at the beat period, 0..1.
 - `track_beats` / `beat_positions` / `steady_beats`: a beat grid (beat times and the downbeat) by
   dynamic programming over the onsets, the beat position of any instant, a grid at a constant tempo.
@@ -288,6 +289,33 @@ def chroma(
     if frames == 0:
         raise FeatureError("no tonal energy to build a chroma from")
     return total / total.sum()
+
+
+def beat_chroma(
+    audio: np.ndarray,
+    sample_rate: int,
+    beat_times: np.ndarray,
+    min_hz: float = 50.0,
+    max_hz: float = 2000.0,
+) -> np.ndarray:
+    """Pitch-class energy of each beat `[N x 12]` (unnormalised; a silent or drum-only beat sums to ~0).
+
+    Beat i spans beat_times[i] to beat_times[i + 1] (the last one a median beat long). The chroma frames
+    of `chroma` (0.37 s, every 93 ms) whose centres fall inside a beat are summed into it, so the rows
+    follow the music's beats, not the clock: a passage played faster or slower has the same rows.
+    """
+    audio = _to_chroma_rate(_check_mono(audio, sample_rate), sample_rate)
+    times = np.asarray(beat_times, dtype=np.float64)
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
+        raise FeatureError("beat_times must be at least two increasing times in seconds")
+    edges = np.append(times, times[-1] + np.median(np.diff(times)))  # (N + 1,)
+    frames = np.concatenate(list(_chroma_frames(audio, CHROMA_FFT, min_hz, min(max_hz, sample_rate / 2))))
+    centres = np.arange(frames.shape[0]) * (CHROMA_FFT // 4) / CHROMA_RATE  # (frames,) seconds
+    beat = np.searchsorted(edges, centres, side="right") - 1  # (frames,) beat holding each frame centre
+    inside = (beat >= 0) & (beat < times.size)
+    out = np.zeros((times.size, 12))
+    np.add.at(out, beat[inside], frames[inside])
+    return out
 
 
 def _chroma_frames(audio: np.ndarray, n_fft: int, min_hz: float, max_hz: float) -> Iterator[np.ndarray]:

@@ -68,6 +68,10 @@ class ArtistStyle:
     sidechain_depth: float  # 0..1 gain dip of bass/chords on each kick
     progressions: tuple[tuple[int, ...], ...]  # favourite progressions, scale degrees (0 = tonic), one chord a bar
     phrase_bars: int
+    # lead: a seeded four-bar melody of each track (eighth notes on the key's scale, from G4 up), repeated;
+    # 0 for none (the built-in artists have none). Its tone: harmonic k at 1/k**1.5, lowpassed at lead_cutoff_hz
+    lead_level: float = 0.0
+    lead_cutoff_hz: float = 2500.0
 
     @property
     def slug(self) -> str:
@@ -114,6 +118,38 @@ ARTISTS: tuple[ArtistStyle, ...] = (
         sidechain_depth=0.45, progressions=((0, 4, 5, 3), (0, 3, 4, 0), (0, 5, 3, 4)), phrase_bars=4,
     ),
 )
+
+
+# what an artist sounds like, as opposed to what it plays (tempo, key, patterns, progressions, phrases)
+SOUND_FIELDS = ("kick_start_hz", "kick_pitch_decay_s", "kick_decay_s", "kick_click", "bass_tilt", "bass_cutoff_hz",
+                "stab_voices", "stab_detune_cents", "stab_cutoff_hz", "stab_decay_s", "stab_width", "pad_level",
+                "hat_cutoff_hz", "hat_decay_s", "hat_width", "closed_hat_level", "sidechain_depth", "lead_cutoff_hz")
+# progressions common in house music, for styles whose tracks should not all share two or three
+COMMON_PROGRESSIONS = ((0, 0, 3, 4), (0, 5, 3, 0), (0, 3, 0, 6), (0, 4, 5, 3), (0, 6, 5, 4), (0, 2, 5, 4))
+
+
+def with_lead(style: ArtistStyle, level: float = 0.3) -> ArtistStyle:
+    """The style with a melody of each track's own, and any of COMMON_PROGRESSIONS: its tracks differ in
+    their tunes, as a real artist's do (the built-in styles share two or three progressions and no lead)."""
+    from dataclasses import replace
+
+    return replace(style, lead_level=level, progressions=COMMON_PROGRESSIONS)
+
+
+def transpose_key(key: str, semitones: int) -> str:
+    """'A minor', 2 -> 'B minor'."""
+    _parse_key(key)
+    tonic, mode = key.split()
+    return f"{PITCH_CLASSES[(PITCH_CLASSES.index(tonic) + semitones) % 12]} {mode}"
+
+
+def played_by(style: ArtistStyle, sounds: ArtistStyle, semitones: int = 0, tempo: float = 1.0) -> ArtistStyle:
+    """`style`'s music in the sounds of `sounds`, `semitones` higher and `tempo` times faster: with the same
+    seed, `render_track` plays the same composition (progression, bassline, arrangement, melody)."""
+    from dataclasses import replace
+
+    return replace(style, **{f: getattr(sounds, f) for f in SOUND_FIELDS}, key=transpose_key(style.key, semitones),
+                   bpm=style.bpm * tempo)
 
 
 @dataclass(frozen=True)
@@ -364,6 +400,46 @@ def _harmony(
             _add(out, sounds[pad_key], grid.sample(bar, 0), style.pad_level)
 
 
+LeadNote = tuple[int, int, int]  # (start eighth in the four bars, length in eighths, scale step above the tonic)
+
+
+def compose_lead(style: ArtistStyle, seed: int) -> tuple[LeadNote, ...]:
+    """A track's four-bar melody: from each eighth, a note (1-3 eighths long) with probability 0.6, its
+    pitch a random walk of scale steps (-2..+2) kept within two octaves. Seeded apart from the rest of the
+    track, so a style without a lead renders exactly as before."""
+    rng = np.random.default_rng([seed, 7])
+    notes, position, step = [], 0, int(rng.integers(0, 5))
+    while position < 32:
+        if rng.random() < 0.6:
+            length = int(rng.integers(1, 4))
+            notes.append((position, min(length, 32 - position), step))
+            step = int(np.clip(step + rng.integers(-2, 3), 0, 13))
+            position += length
+        else:
+            position += 1
+    return tuple(notes)
+
+
+def _lead(style: ArtistStyle, grid: _Grid, bars: int, melody: tuple[LeadNote, ...], out: np.ndarray) -> None:
+    """Mix into out `[2 x T]` the four-bar melody, repeated over `bars`, centred."""
+    sr = grid.sample_rate
+    tonic, scale = _parse_key(style.key)
+    low = _lowest_midi_at_least(tonic, 67)
+    sounds: dict[tuple[int, int], np.ndarray] = {}
+    for start_bar in range(0, bars, 4):
+        for position, length, step in melody:
+            bar, eighth = start_bar + position // 8, position % 8
+            if bar >= bars:
+                continue
+            midi = low + scale[step % 7] + 12 * (step // 7)
+            if (midi, length) not in sounds:
+                gate = length * 2 * grid.step_s * 0.85
+                n = int((gate + 0.05) * sr)
+                tone = _tone(_midi_hz(midi), n, sr, 1.5, style.lead_cutoff_hz, phase=0.2)
+                sounds[(midi, length)] = tone * _envelope(n, sr, 0.005, 0.5, gate)
+            _add(out, sounds[(midi, length)], grid.sample(bar, 2 * eighth), style.lead_level)
+
+
 def _sidechain(style: ArtistStyle, n: int, sample_rate: int) -> np.ndarray:
     """Gain `[n]` dipping by sidechain_depth on every beat and recovering in about 100 ms."""
     beat_s = 60.0 / style.bpm
@@ -391,8 +467,10 @@ def render_track(style: ArtistStyle, seconds: float, sample_rate: int, seed: int
     """One track in `style`: float32 `[2 x round(seconds * sample_rate)]`, peak at -1 dBFS.
 
     Seeded choices: the progression (one of the artist's favourites), per phrase the bass pattern,
-    a bar with the open hats dropped, whether the first phrase is an intro without stabs, and the
-    noise of the drums. Everything else is the artist's.
+    a bar with the open hats dropped, whether the first phrase is an intro without stabs, the noise of
+    the drums, and the melody of a style with a lead. Everything else is the artist's: the same seed in
+    a style with another artist's sounds (and the same progressions, bass patterns and phrase length)
+    plays the same composition in those sounds.
     """
     if seconds <= 0:
         raise DemoCorpusError(f"seconds must be positive, got {seconds}")
@@ -413,6 +491,8 @@ def render_track(style: ArtistStyle, seconds: float, sample_rate: int, seed: int
     drums, harmony = np.zeros((2, n)), np.zeros((2, n))
     _drums(style, grid, bars, hat_drops, rng, drums)
     _harmony(style, grid, progression, bass_choice[:bars], stab_bars, harmony)
+    if style.lead_level > 0:
+        _lead(style, grid, bars, compose_lead(style, seed), harmony)
     mix = drums + harmony * _sidechain(style, n, sample_rate)
     return _finish(mix, sample_rate)
 

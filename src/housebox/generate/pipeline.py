@@ -399,32 +399,50 @@ def write_index(out: Path, report: dict) -> Path:
 
 
 def _verdict_html(result: dict | None) -> str:
-    """A coloured originality badge for one sample (empty when it was not checked)."""
+    """A coloured originality badge for one sample, naming the detectors that fired (empty when not checked)."""
     if not result:
         return ""
     verdict = html.escape(result["verdict"])
-    return f'<span class="verdict {verdict}" title="originality check">{verdict}</span>'
+    fired = result.get("fired") or {}
+    why = f" ({html.escape(', '.join(fired))})" if fired else ""
+    return f'<span class="verdict {verdict}" title="originality check">{verdict}{why}</span>'
+
+
+def _detector_cell(result: dict, detector: str, key: str) -> str:
+    """One detector's figure for one sample, or `not checked` and why (never a number it did not measure)."""
+    status = (result.get("detectors") or {}).get(detector, "")
+    if result.get(key) is None:
+        return f'<span title="{html.escape(status)}">not checked</span>'
+    return f'<span title="{html.escape(status)}">{result[key]:.2f} s</span>'
 
 
 def _code_cell(result: dict) -> str:
-    """The verbatim-code figure of one sample, or `not checked` and why (never a number it did not measure)."""
-    status = (result.get("detectors") or {}).get("codes", "")
-    if result.get("longest_code_seconds") is None:
-        return f'<span title="{html.escape(status)}">not checked</span>'
-    return f'<span title="{html.escape(status)}">{result["longest_code_seconds"]:.2f} s</span>'
+    return _detector_cell(result, "codes", "longest_code_seconds")
+
+
+def _best_match(r: dict) -> str:
+    """The evidence behind a verdict, in words: the melody match when only the melody detector fired."""
+    fired = r.get("fired") or {}
+    melody = r.get("melody_matches") or []
+    if melody and "melody" in fired and "audio" not in fired:
+        m = melody[0]
+        return (f"melody of {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s "
+                f"here, {m['semitones']:+d} semitones, {m['tempo']:.2f}x tempo, {m['seconds']:.1f} s")
+    if r["matches"]:
+        m = r["matches"][0]
+        return f"{m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s here"
+    return ""
 
 
 def _originality_table(originality: dict) -> str:
-    """Per sample: verdict, seconds matching the training set, longest verbatim code run, best match."""
+    """Per sample: verdict, seconds matching the training set, longest melody passage and verbatim code
+    run beyond what training tracks share, best match."""
     rows = []
     for name, r in originality["samples"].items():
-        best = ""
-        if r["matches"]:
-            m = r["matches"][0]
-            best = f"{m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s here"
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{_verdict_html(r)}</td><td>{r['matched_seconds']:.1f} s</td>"
-                    f"<td>{r['longest_match_seconds']:.1f} s</td><td>{_code_cell(r)}</td>"
-                    f"<td>{html.escape(best)}</td></tr>")
+                    f"<td>{r['longest_match_seconds']:.1f} s</td>"
+                    f"<td>{_detector_cell(r, 'melody', 'longest_melody_seconds')}</td><td>{_code_cell(r)}</td>"
+                    f"<td>{html.escape(_best_match(r))}</td></tr>")
     return (f"<h2>Originality</h2><p>checked against {html.escape(str(originality.get('against', '')))}</p>"
-            "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th>"
+            "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th><th>melody</th>"
             "<th>verbatim codes</th><th>best match</th></tr>" + "".join(rows) + "</table>")

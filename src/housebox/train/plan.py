@@ -26,7 +26,6 @@ fingerprint settings allow; the k-gram code index `check` builds in memory).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 

@@ -310,9 +310,20 @@ def _summary(result: dict | None, problem: str | None) -> dict:
     status = (result.get("detectors") or {}).get("codes", "")
     codes_text = (f"verbatim codes {status}" if codes is None else f"verbatim codes {codes:.2f} s"
                   + (f" ({status})" if "not checked" in status else ""))
+    melody = result.get("longest_melody_seconds")
+    melody_status = (result.get("detectors") or {}).get("melody", "")
+    melody_text = (f"melody {melody_status}" if melody is None
+                   else f"melody {melody:.2f} s beyond what training tracks share")
+    matches = result.get("melody_matches") or []
+    if matches and "melody" in (result.get("fired") or {}):
+        m = matches[0]
+        melody_text += (f" (like {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, {m['semitones']:+d} "
+                        f"semitones, {m['tempo']:.2f}x tempo)")
     detail = (f"{result['longest_match_seconds']:.1f} s longest passage matching a training track, "
-              f"{result['matched_seconds']:.1f} s in all; {codes_text}")
-    return {"verdict": result["verdict"], "detail": detail + (f"; {best}" if best else "")}
+              f"{result['matched_seconds']:.1f} s in all; {melody_text}; {codes_text}")
+    fired = result.get("fired") or {}
+    why = f"{result['verdict']} by {', '.join(fired)}: " if fired else ""
+    return {"verdict": result["verdict"], "detail": why + detail + (f"; {best}" if best else "")}
 
 
 # ---- HTTP --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Originality: does a generated sample copy its training set? Two independent checks, one verdict.
+"""Originality: does a generated sample copy its training set? Three independent checks, one verdict.
 
 (a) Audio fingerprints: spectral-peak landmark hashing, numpy only. Every sound is resampled to one
     internal rate (11.025 kHz); local maxima of its log spectrogram, chosen relative to their
@@ -17,11 +17,16 @@
     held notes) identify no passage and are skipped; a run counts only beyond the longest run that
     *different* training tracks already share at that level (coarse codes of similar music repeat).
 
+(c) The same music in other sounds: beat-synchronous chroma of every training track (`DATA/melody/`),
+    compared with the sample's under all 12 transpositions and across time; a passage counts beyond
+    the longest one different training tracks share (see `melody`).
+
 Thresholds that turn these measurements into "original" / "suspicious" / "copied" are in
-`OriginalityConfig`; `check_samples` writes each verdict into its sample folder's report.json.
+`OriginalityConfig`; the verdict names the detectors that fired (`fired`). `check_samples` writes each
+verdict into its sample folder's report.json.
 
 The package, one module per detector: `common` (settings, results), `landmarks` (a), `codes` (b),
-`check` (all detectors on samples, the verdict, report.json and the CLI table).
+`melody` (c), `check` (all detectors on samples, the verdict, report.json and the CLI table).
 """
 
 from housebox.evaluate.originality.check import (
@@ -46,10 +51,13 @@ from housebox.evaluate.originality.common import (
     CodeRun,
     Fingerprint,
     FingerprintConfig,
+    MelodyConfig,
+    MelodyMatch,
     OriginalityConfig,
     OriginalityError,
     SampleOriginality,
 )
+from housebox.evaluate.originality.melody import MelodyIndex, load_melody_index, match_melody
 from housebox.evaluate.originality.landmarks import (
     INDEX_DIR,
     INDEX_VERSION,
@@ -68,9 +76,10 @@ from housebox.evaluate.originality.landmarks import (
 
 __all__ = [
     "INDEX_DIR", "INDEX_VERSION", "VERDICTS", "AudioMatch", "CheckReport", "CodeIndex", "CodeRun", "Fingerprint",
-    "FingerprintConfig", "FingerprintIndex", "OriginalityChecker", "OriginalityConfig", "OriginalityError",
+    "FingerprintConfig", "FingerprintIndex", "MelodyConfig", "MelodyIndex", "MelodyMatch", "OriginalityChecker", "OriginalityConfig", "OriginalityError",
     "SampleOriginality", "build_code_index", "build_fingerprint_index", "check_samples", "find_peaks",
-    "find_samples", "fingerprint", "format_table", "landmark_hashes", "load_fingerprint_index", "log_spectrogram",
-    "longest_code_run", "manifest_key", "match_audio", "match_fingerprint", "matched_seconds", "natural_overlap",
+    "find_samples", "fingerprint", "format_table", "landmark_hashes", "load_fingerprint_index", "load_melody_index",
+    "log_spectrogram",
+    "longest_code_run", "manifest_key", "match_audio", "match_fingerprint", "match_melody", "matched_seconds", "natural_overlap",
     "ngram_hashes", "ngram_size", "training_data",
 ]

@@ -18,6 +18,7 @@ from housebox.evaluate.originality.common import (
     SampleOriginality,
 )
 from housebox.evaluate.originality.landmarks import load_fingerprint_index, match_audio, matched_seconds
+from housebox.evaluate.originality.melody import MelodyIndex, load_melody_index, match_melody
 
 
 # ---- checking samples ----------------------------------------------------------------------------
@@ -35,6 +36,29 @@ class OriginalityChecker:
         meta_path = self.data_dir / "codes" / "meta.json"
         self.codes_meta: dict | None = json.loads(meta_path.read_text()) if meta_path.exists() else None
         self._code_indexes: dict[int, CodeIndex | str] = {}  # level -> index, or why there is none
+        self.melody: MelodyIndex = load_melody_index(self.data_dir, config.melody, progress)
+
+    def melody_status(self) -> str | None:
+        """Why no sample can be compared by melody (None when it can)."""
+        if not self.melody.track_ids:
+            return "no training track has a beat grid (`housebox prepare` tracks the beats)"
+        return None
+
+    def check_melody(self, audio: np.ndarray, sample_rate: int) -> tuple[tuple, str]:
+        """(melody matches, detector status) of one sample."""
+        from housebox.audio.features import FeatureError
+
+        why = self.melody_status()
+        if why is not None:
+            return (), f"not checked: {why}"
+        try:
+            matches = match_melody(self.melody, audio, sample_rate, self.config)
+        except FeatureError as err:
+            return (), f"not checked: no beat grid in the sample ({err})"
+        status = f"checked against {len(self.melody.track_ids)} tracks"
+        if self.melody.without_beats:
+            status += f"; {len(self.melody.without_beats)} training tracks without a beat grid not searched"
+        return matches, status
 
     def code_index(self, level: int) -> CodeIndex | str:
         """The level's k-gram index, or a one-line reason why it cannot be searched."""
@@ -73,13 +97,19 @@ class OriginalityChecker:
             codes_status += f"; not checked: {'; '.join(skipped)}" if skipped else ""
         else:
             codes_status = f"not checked: {'; '.join(skipped)}"
+        melody, melody_status = self.check_melody(audio, sample_rate)
         longest_audio = max((m.seconds for m in matches), default=0.0)
         longest_code = max((r.excess_seconds for r in runs), default=0.0) if checked else None
-        return SampleOriginality(sample=name, verdict=cfg.verdict(longest_audio, longest_code or 0.0),
+        longest_melody = (max((m.excess_seconds for m in melody), default=0.0)
+                          if melody_status.startswith("checked") else None)
+        measured = (longest_audio, longest_code or 0.0, longest_melody or 0.0)
+        return SampleOriginality(sample=name, verdict=cfg.verdict(*measured),
                                  matched_seconds=matched_seconds(matches, cfg.fingerprint.frames_per_second),
                                  longest_match_seconds=longest_audio, longest_code_seconds=longest_code,
                                  matches=matches[:10], code_runs=tuple(runs), notes=tuple(notes),
-                                 detectors={"audio": "checked", "codes": codes_status})
+                                 detectors={"audio": "checked", "melody": melody_status, "codes": codes_status},
+                                 longest_melody_seconds=longest_melody, melody_matches=melody[:10],
+                                 fired=cfg.fired(*measured))
 
     def check_folder(self, folder: str | Path, names: list[str] | None = None) -> list[SampleOriginality]:
         """Check the audio files of one folder (and their rows of its codes.npz, if any); record the
@@ -133,7 +163,10 @@ def _record(folder: Path, report: dict, results: list[SampleOriginality], checke
     report["originality"] = {
         "against": str(checker.data_dir.resolve()),
         "thresholds": {k: getattr(cfg, k) for k in ("suspicious_audio_seconds", "copied_audio_seconds",
+                                                     "suspicious_melody_seconds", "copied_melody_seconds",
                                                      "suspicious_code_seconds", "copied_code_seconds")},
+        "melody_natural_seconds": checker.melody.natural_seconds,
+        "melody_natural_pair": checker.melody.natural_pair,
         "samples": {**previous, **{r.sample: r.to_dict() for r in results}},
     }
     write_json(folder / "report.json", report)
@@ -173,27 +206,43 @@ def check_samples(samples: str | Path, data_dir: str | Path, config: Originality
     return CheckReport(data_dir=str(data_dir), samples=tuple(results), config=config)
 
 
+def best_match(s: SampleOriginality) -> str:
+    """The strongest evidence of one sample, in words: the detector that fired (audio, then melody, then
+    codes), else the longest audio match."""
+    order = [d for d in ("audio", "melody", "codes") if d in s.fired] + ["audio", "melody", "codes"]
+    for detector in order:
+        if detector == "audio" and s.matches:
+            m = s.matches[0]
+            return f"audio: {m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s)"
+        if detector == "melody" and s.melody_matches and detector in s.fired:
+            m = s.melody_matches[0]
+            return (f"melody: {m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s, "
+                    f"{m.semitones:+d} st, {m.tempo:.2f}x, {m.seconds:.1f} s)")
+        if detector == "codes" and s.code_runs:
+            r = max(s.code_runs, key=lambda r: r.seconds)
+            return f"codes l{r.level}: {r.artist} {r.track_id} at {r.track_start:.1f} s"
+    return ""
+
+
 def format_table(report: CheckReport) -> str:
     """A plain-text summary: one line per sample."""
-    header = f"{'sample':<44} {'verdict':<10} {'matched':>8} {'longest':>8} {'codes':>11}  best match"
+    header = (f"{'sample':<40} {'verdict':<20} {'matched':>8} {'longest':>8} {'melody':>11} {'codes':>11}"
+              "  best match")
     lines = [header, "-" * len(header)]
     for s in report.samples:
-        best = ""
-        if s.matches:
-            m = s.matches[0]
-            best = f"{m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s)"
-        elif s.code_runs:
-            r = max(s.code_runs, key=lambda r: r.seconds)
-            best = f"codes l{r.level}: {r.artist} {r.track_id} at {r.track_start:.1f} s"
-        name = s.sample if len(s.sample) <= 44 else "..." + s.sample[-41:]
+        name = s.sample if len(s.sample) <= 40 else "..." + s.sample[-37:]
+        verdict = s.verdict + (f" ({', '.join(s.fired)})" if s.fired else "")
         code = "not checked" if s.longest_code_seconds is None else f"{s.longest_code_seconds:.2f}s"
-        lines.append(f"{name:<44} {s.verdict:<10} {s.matched_seconds:>7.1f}s {s.longest_match_seconds:>7.1f}s "
-                     f"{code:>11}  {best}")
-    statuses = [s.detectors.get("codes", "") for s in report.samples]
-    for status in sorted({st for st in statuses if "not checked" in st}):
-        lines.append(f"verbatim codes of {statuses.count(status)} sample(s): {status}")
+        melody = "not checked" if s.longest_melody_seconds is None else f"{s.longest_melody_seconds:.2f}s"
+        lines.append(f"{name:<40} {verdict:<20} {s.matched_seconds:>7.1f}s {s.longest_match_seconds:>7.1f}s "
+                     f"{melody:>11} {code:>11}  {best_match(s)}")
+    for detector, what in (("melody", "melody"), ("codes", "verbatim codes")):
+        statuses = [s.detectors.get(detector, "") for s in report.samples]
+        for status in sorted({st for st in statuses if "not checked" in st}):
+            lines.append(f"{what} of {statuses.count(status)} sample(s): {status}")
     counts = {v: sum(s.verdict == v for s in report.samples) for v in VERDICTS}
     lines.append(", ".join(f"{n} {v}" for v, n in counts.items()) + f" (against {report.data_dir})")
+    lines.append("melody and codes: seconds beyond what different training tracks already share")
     return "\n".join(lines)
 
 
