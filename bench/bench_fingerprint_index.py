@@ -1,10 +1,12 @@
-"""`check`'s fingerprint index at catalogue scale: build time, size on disk, adding tracks, query time.
+"""`check`'s indexes at catalogue scale (audio fingerprints, melody): build time, size, adding tracks, query time.
 
 Writes a synthetic prepared dataset of `--hours` of audio (30-second tracks of tone-and-noise events at
-16 kHz; fingerprinting costs the same whatever the music), then measures: building the index from scratch,
-loading it again (memory-mapped), adding `--add` new tracks (only they are fingerprinted, then merged),
-dropping them again, and the median query time of `match_audio` for 30-second samples (5 queries).
-Peak RSS is printed after each step: the index is read through memory maps, not into memory.
+16 kHz with a steady 120 BPM beat grid; both indexes cost the same whatever the music), then measures for
+each index: building it from scratch (for the melody index: profiling, then calibrating what different
+tracks share, timed apart), loading it again (memory-mapped), adding `--add` new tracks (only they are
+processed), dropping them again, and the median query time for 30-second samples (5 queries: synthetic
+events for the fingerprint, demo tracks for the melody, which needs a beat to track). Peak RSS is printed
+after each step: the indexes are read through memory maps, not into memory.
 
     taskset -c 1 python bench/bench_fingerprint_index.py --hours 2
 """
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from housebox.evaluate.originality import load_fingerprint_index, match_audio
-from housebox.evaluate.originality.landmarks import INDEX_DIR
+from housebox.data.demo_corpus import ARTISTS, render_track
+from housebox.evaluate.originality import load_fingerprint_index, load_melody_index, match_audio, match_melody
+from housebox.evaluate.originality.melody import natural_melody
 
 SR, SECONDS = 16000, 30.0
 
@@ -48,8 +51,11 @@ def write_rows(data: Path, first: int, count: int) -> list[dict]:
     for i in range(first, first + count):
         track_id = f"t{i:05d}"
         np.save(data / "audio" / f"{track_id}.npy", (np.clip(synthetic_track(i), -1, 1) * 32767).astype(np.int16))
+        beats = np.arange(0.25, SECONDS, 0.5, dtype=np.float32)  # 120 BPM
+        np.save(data / "beats" / f"{track_id}.npy", beats)
         rows.append({"id": track_id, "sha256": f"{i:064x}", "artist": f"a{i % 20}", "genres": [],
-                     "samples": int(SR * SECONDS), "seconds": SECONDS, "sample_rate": SR, "split": "train"})
+                     "samples": int(SR * SECONDS), "seconds": SECONDS, "sample_rate": SR, "split": "train",
+                     "beats": int(beats.size), "downbeat": 0})
     return rows
 
 
@@ -70,42 +76,52 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         (data / "audio").mkdir(parents=True)
+        (data / "beats").mkdir()
         rows = write_rows(data, 0, tracks)
         extra = write_rows(data, tracks, args.add)
         write_manifest(data, rows)
         print(f"{tracks} synthetic tracks, {tracks * SECONDS / 3600:.2f} h at {SR} Hz")
 
-        tick = time.perf_counter()
-        index = load_fingerprint_index(data)
-        build = time.perf_counter() - tick
-        disk = sum(p.stat().st_size for p in (data / INDEX_DIR).iterdir())
-        print(f"build from scratch: {build:.1f} s ({build / tracks * 1000:.0f} ms a track), {index.hashes.size:,} "
-              f"hashes, {disk / 2**20:.1f} MiB on disk ({disk / (tracks * SECONDS / 3600) / 2**20:.1f} MiB an hour); "
-              f"peak RSS {rss_mib():.0f} MiB")
-        del index
-        tick = time.perf_counter()
-        index = load_fingerprint_index(data)
-        print(f"load (memory-mapped): {1000 * (time.perf_counter() - tick):.0f} ms; peak RSS {rss_mib():.0f} MiB")
-
-        write_manifest(data, rows + extra)
-        tick = time.perf_counter()
-        index = load_fingerprint_index(data)
-        added = time.perf_counter() - tick
-        print(f"add {args.add} tracks: {added:.1f} s (only they are fingerprinted; the rest merged), "
-              f"{index.hashes.size:,} hashes; peak RSS {rss_mib():.0f} MiB")
-        write_manifest(data, rows)
-        tick = time.perf_counter()
-        index = load_fingerprint_index(data)
-        print(f"drop them again: {time.perf_counter() - tick:.1f} s")
-
-        times = []
-        for seed in range(5):
-            sample = synthetic_track(10_000_000 + seed)
+        for name, load, match, folder, samples in (
+                ("fingerprint", load_fingerprint_index, match_audio, "fingerprints",
+                 [synthetic_track(10_000_000 + seed) for seed in range(5)]),
+                ("melody", load_melody_index, match_melody, "melody",
+                 [render_track(ARTISTS[seed % 3], SECONDS, SR, seed).mean(axis=0) for seed in range(5)])):
+            print(f"-- {name} index")
             tick = time.perf_counter()
-            match_audio(index, sample, SR)
-            times.append(time.perf_counter() - tick)
-        print(f"query: {statistics.median(times):.2f} s per 30-second sample (median of 5, default speed variants); "
-              f"peak RSS {rss_mib():.0f} MiB")
+            index = load(data)
+            build = time.perf_counter() - tick
+            disk = sum(p.stat().st_size for p in (data / folder).iterdir())
+            print(f"build from scratch: {build:.1f} s ({build / tracks * 1000:.0f} ms a track), "
+                  f"{disk / 2**20:.1f} MiB on disk ({disk / (tracks * SECONDS / 3600) / 2**20:.2f} MiB an hour); "
+                  f"peak RSS {rss_mib():.0f} MiB")
+            if name == "melody":
+                tick = time.perf_counter()
+                natural_melody(index)
+                print(f"  of which calibration (what different tracks share): {time.perf_counter() - tick:.1f} s")
+            del index
+            tick = time.perf_counter()
+            index = load(data)
+            print(f"load (memory-mapped): {1000 * (time.perf_counter() - tick):.0f} ms; peak RSS {rss_mib():.0f} MiB")
+
+            write_manifest(data, rows + extra)
+            tick = time.perf_counter()
+            index = load(data)
+            added = time.perf_counter() - tick
+            print(f"add {args.add} tracks: {added:.1f} s (only they are processed; for the melody index, "
+                  f"calibration again); peak RSS {rss_mib():.0f} MiB")
+            write_manifest(data, rows)
+            tick = time.perf_counter()
+            index = load(data)
+            print(f"drop them again: {time.perf_counter() - tick:.1f} s")
+
+            times = []
+            for sample in samples:
+                tick = time.perf_counter()
+                match(index, sample, SR)
+                times.append(time.perf_counter() - tick)
+            print(f"query: {statistics.median(times):.2f} s per 30-second sample (median of 5, default settings); "
+                  f"peak RSS {rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":
