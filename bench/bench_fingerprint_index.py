@@ -97,7 +97,7 @@ def main() -> None:
                   f"peak RSS {rss_mib():.0f} MiB")
             if name == "melody":
                 tick = time.perf_counter()
-                natural_melody(index)
+                natural_melody(index)  # from scratch
                 print(f"  of which calibration (what different tracks share): {time.perf_counter() - tick:.1f} s")
             del index
             tick = time.perf_counter()
@@ -108,8 +108,8 @@ def main() -> None:
             tick = time.perf_counter()
             index = load(data)
             added = time.perf_counter() - tick
-            print(f"add {args.add} tracks: {added:.1f} s (only they are processed; for the melody index, "
-                  f"calibration again); peak RSS {rss_mib():.0f} MiB")
+            print(f"add {args.add} tracks: {added:.1f} s (only they are processed; the melody calibration "
+                  f"compares only them); peak RSS {rss_mib():.0f} MiB")
             write_manifest(data, rows)
             tick = time.perf_counter()
             index = load(data)

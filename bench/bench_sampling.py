@@ -1,14 +1,19 @@
 """Sampling speed of the prior's transformer on CPU: KV-cache steps versus a no-cache baseline.
 
-The reference prior of the priors issue: width 128, depth 4, 2 heads, context 1024, 2048 codes; dense
-and factorised attention, and dense with rotary positions (what it costs to rotate queries and keys).
+Jukebox's test prior (`--shape jukebox`, the default): width 128, depth 4, 2 heads, context 1024, 2048
+codes, attention a quarter as wide and an MLP ratio of 1 (0.59 M parameters); or housebox's reference
+prior (`--shape reference`: full-width attention, MLP ratio 4, 1.47 M). Dense and factorised attention,
+and dense with rotary positions (what it costs to rotate queries and keys).
 A throwaway token + position embedding and a linear head (no LayerNorm) around
 `housebox.models.transformer.Transformer` make each step token-in, logits-out; the next token is
 drawn by inverse-CDF sampling (softmax -> cumsum -> searchsorted, one uniform per row).
 
 Every round measures every variant once, interleaved, so that the machine's drift hits them alike;
-the figures are medians over rounds. Tokens/s counts every sampled token (batch x steps).
-Jukebox's own code samples this prior at ~780 tokens/s at batch 1 on the 2-core CPU machine.
+the figures are medians over rounds. Tokens/s counts every sampled token (batch x steps). Ratios are to
+this run's own no-cache baseline and to the floor at batch 1, measured here too: one pass reading every
+weight a step reads (transformer and head, from the cache, as one sum) bounds the steps per second.
+Jukebox's side is not in the project: `../shared/jukebox-bench/` times its code beside housebox's on the
+same shape, and the README gives those figures with how they were measured.
 
     PYTHONPATH=src .venv/bin/python bench/bench_sampling.py [--rounds 5] [--threads 1 2] [--batches 1 8]
 
@@ -32,7 +37,7 @@ from torch import Tensor
 
 from housebox.models.transformer import Transformer, TransformerConfig
 
-JUKEBOX_TOKENS_PER_SECOND = 780.0
+SHAPES = {"jukebox": dict(attention_width=0.25, mlp_ratio=1.0), "reference": dict(attention_width=1.0, mlp_ratio=4.0)}
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,12 @@ class ToyPrior:
     head: Tensor  # (vocab, D)
 
 
-def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0, rotary: bool = False) -> ToyPrior:
-    """The reference prior with random weights (GPT-2 init for the transformer)."""
+def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0, rotary: bool = False,
+               shape: str = "jukebox") -> ToyPrior:
+    """The prior of one SHAPES with random weights (GPT-2 init for the transformer)."""
     torch.manual_seed(seed)
     config = TransformerConfig(width=128, depth=4, heads=2, n_ctx=1024, attention=attention, block_size=32,
-                               rotary=rotary)
+                               rotary=rotary, **SHAPES[shape])
     transformer = Transformer(config).eval()
     D = config.width
     return ToyPrior(
@@ -94,6 +100,19 @@ def sample_uncached(prior: ToyPrior, *, batch: int, tokens: int, seed: int = 0) 
     return out[:, 1:]
 
 
+def weights_floor(prior: ToyPrior, repeats: int = 200) -> float:
+    """Steps per second if a step did nothing but read the weights it needs once (median of 5 timings of
+    `repeats` sums over one flat copy of them: the transformer's parameters and the head)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in prior.transformer.parameters()] + [prior.head.reshape(-1)])
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            flat.sum()
+        times.append((time.perf_counter() - start) / repeats)
+    return 1.0 / statistics.median(times)
+
+
 @dataclass(frozen=True)
 class Rate:
     """Tokens per second of one run, by the wall clock and by this process's CPU time.
@@ -134,14 +153,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--busy-ok", action="store_true", help="time thread counts above the idle cores too")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="jukebox",
+                        help="Jukebox's test prior (default) or housebox's reference prior")
     args = parser.parse_args()
     threads = usable_threads(args.threads, busy_ok=args.busy_ok)
 
     priors = {
-        "dense": make_prior(attention=("dense",)),
-        "row/column/prev_block": make_prior(attention=("row", "column", "prev_block")),
-        "dense, rotary": make_prior(attention=("dense",), rotary=True),  # the cost of rotating q and k
+        "dense": make_prior(attention=("dense",), shape=args.shape),
+        "row/column/prev_block": make_prior(attention=("row", "column", "prev_block"), shape=args.shape),
+        "dense, rotary": make_prior(attention=("dense",), rotary=True, shape=args.shape),  # rotating q and k
     }
+    parameters = sum(p.numel() for p in priors["dense"].transformer.parameters())
+    print(f"shape {args.shape}: {parameters / 1e6:.2f} M transformer parameters")
     variants: dict[str, tuple[Callable[[int], Tensor], int]] = {}
     for name, prior in priors.items():
         variants[f"cache {name}"] = (lambda b, p=prior: sample_cached(p, batch=b, tokens=args.tokens), args.tokens)
@@ -169,15 +192,18 @@ def main() -> None:
                     rate = measure(lambda: run(batch), batch=batch, tokens=tokens)
                     results.setdefault((name, count, batch), []).append(rate)
 
+    torch.set_num_threads(1)
+    floor = weights_floor(priors["dense"])
     print(f"load average before/after: {load_before} / {os.getloadavg()} on {os.cpu_count()} cores")
-    print(f"{'variant':28s} {'threads':>7s} {'batch':>5s} {'tokens/s':>9s} {'vs Jukebox':>10s} {'vs no cache':>11s}"
+    print(f"floor at batch 1: reading the weights once takes {1e6 / floor:.0f} us -> {floor:,.0f} tokens/s (1 thread)")
+    print(f"{'variant':28s} {'threads':>7s} {'batch':>5s} {'tokens/s':>9s} {'vs no cache':>11s} {'of floor':>8s}"
           f" {'CPU-time tokens/s':>17s}")  # fmt: skip
     for (name, count, batch), rates in results.items():
         wall = statistics.median(rate.wall for rate in rates)
         cpu = statistics.median(rate.cpu for rate in rates)
         baseline = statistics.median(rate.wall for rate in results[("no cache dense", count, batch)])
-        vs_jukebox = f"{wall / JUKEBOX_TOKENS_PER_SECOND:9.1f}x" if batch == 1 else f"{'-':>10s}"
-        print(f"{name:28s} {count:7d} {batch:5d} {wall:9.0f} {vs_jukebox} {wall / baseline:10.1f}x {cpu:17.0f}")
+        of_floor = f"{100 * wall / floor:7.0f}%" if batch == 1 else f"{'-':>8s}"
+        print(f"{name:28s} {count:7d} {batch:5d} {wall:9.0f} {wall / baseline:10.1f}x {of_floor} {cpu:17.0f}")
 
 
 if __name__ == "__main__":

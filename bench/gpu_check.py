@@ -327,7 +327,7 @@ def upsample_part(preset: dict, *, depth: int, tokens: int, device: torch.device
         labels = Labels(artist=torch.zeros(1, dtype=torch.long, device=device),
                         genres=torch.zeros(1, config.max_genres, dtype=torch.long, device=device))
 
-        def once(seed: int, count: int) -> float:
+        def once(model: Prior, seed: int, count: int) -> float:
             upper = torch.randint(config.upper_codebook_size, (1, count // config.upper_ratio),
                                   generator=torch.Generator().manual_seed(seed)).to(device)
             common = dict(n_tokens=count, labels=labels, upper=upper, progress=False,
@@ -335,19 +335,19 @@ def upsample_part(preset: dict, *, depth: int, tokens: int, device: torch.device
             synchronize(device)
             started = time.perf_counter()
             if kind == "masked":
-                sample_masked(prior, **common)
+                sample_masked(model, **common)
             else:
-                sample_codes(prior, **common)
+                sample_codes(model, **common)
             synchronize(device)
             return time.perf_counter() - started
 
         try:
-            once(0, min(n, config.n_ctx) if kind == "masked" else min(32, n))  # warm-up
+            once(prior, 0, min(n, config.n_ctx) if kind == "masked" else min(32, n))  # warm-up
             seconds = []
             for seed in range(1, 4):
                 if seconds and budget.left() <= 0:
                     break
-                seconds.append(once(seed, n))
+                seconds.append(once(prior, seed, n))
             rates[kind] = n / statistics.median(seconds)
         except Exception as error:  # noqa: BLE001 - reported in the table
             return [Row("upsampling", f"level 0, {kind}", f"error: {type(error).__name__}: {error}"[:200])], False

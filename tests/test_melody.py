@@ -98,6 +98,8 @@ def test_the_melody_index_follows_the_dataset(corpus, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(again.chroma), np.asarray(first.chroma))
 
     rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    first_calibration = json.loads((data / "melody" / "meta.json").read_text())["calibration"]
+    assert sorted(first_calibration) == sorted(first.track_ids)  # fewer than 32 tracks: every one
     extra = write_prepared(tmp_path / "extra", [("c1", "C", mono(with_lead(ARTISTS[2]), 24.0, 21))], beats=True)
     for sub in ("audio", "beats"):
         shutil.copy(extra / sub / "c1.npy", data / sub / "c1.npy")
@@ -106,9 +108,20 @@ def test_the_melody_index_follows_the_dataset(corpus, tmp_path, monkeypatch):
     shutil.copy(extra / "audio" / "c1.npy", data / "audio" / "c2.npy")
     kept = [r for r in rows if r["id"] != "a3"]
     (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept + [new_row, no_grid]))
+    searched = []  # first track of every comparison made while calibrating
+    real_runs = melody._best_runs
+    monkeypatch.setattr(melody, "_best_runs", lambda index, query, exclude=None, first_track=0: searched.append(
+        first_track) or real_runs(index, query, exclude, first_track))
     updated = load_melody_index(data)
     assert profiled == ["c1", "c2"]  # only the new tracks
+    # calibration: the 8 tracks measured before are compared with c1 alone (track 8 on), unless what they
+    # shared most was with a3 (gone); c1 with every track
+    redo = sum(1 for track, (_, other) in first_calibration.items() if track != "a3" and other == "a3")
+    assert len(updated.track_ids) == 9 and sorted(searched) == [0] * (1 + redo) + [8] * (8 - redo)
+    scratch = melody.natural_melody(updated)
+    assert (updated.natural_seconds, updated.natural_pair) == scratch[:2]  # as if measured from scratch
     assert "a3" not in updated.track_ids and updated.track_ids[-1] == "c1" and updated.without_beats == ("c2",)
+    monkeypatch.setattr(melody, "_best_runs", real_runs)
     a1 = updated.track_ids.index("a1")
     old = first.track_ids.index("a1")
     np.testing.assert_array_equal(np.asarray(updated.chroma[updated.starts[a1] : updated.starts[a1 + 1]]),

@@ -76,7 +76,7 @@ def reference_forward(model: Transformer, x: torch.Tensor) -> torch.Tensor:
         scores = scores.masked_fill(~mask_of(block.attn.kind, T), float("-inf"))
         y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, A)  # (B, T, A)
         x = x + block.attn.proj(y)
-        x = x + block.mlp(block.ln2(x))
+        x = x + block.mlp.proj(F.gelu(block.mlp.fc(block.ln2(x)), approximate="tanh"))
     return model.ln_f(x)
 
 

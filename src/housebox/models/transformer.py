@@ -16,10 +16,12 @@ With `causal=False` (the masked upsamplers: every position sees the whole window
 `j <= i` are dropped: dense sees every key, row its whole row, column its whole column, prev_block
 the whole previous row and its own whole row. Such a transformer has no `step` (nothing is decoded in order).
 
-Sampling goes through `Transformer.step` with a `KVCache` made by `Transformer.new_cache`: one
-preallocated key and value buffer per layer, new keys written in place, the layer parameters fetched
-once per cache. At batch 1 on a CPU a step is bound by Python and dispatch overhead, so `step` calls
-torch.nn.functional directly and a single query attends to a view of the cache (a strided view for
+A block has one implementation, `block_apply` (torch.nn.functional on the block's own parameters; only
+the attention differs, passed in as a function): `Block.forward` gives it attention over the whole
+sequence, `block_step` attention against the cache. Sampling goes through `Transformer.step` with a
+`KVCache` made by `Transformer.new_cache`: one preallocated key and value buffer per layer, new keys
+written in place, the layer parameters fetched once per cache. At batch 1 on a CPU a step is bound by
+Python and dispatch overhead, so a single query attends to a view of the cache (a strided view for
 `column`). Call it under `torch.inference_mode()` and make the cache in the same mode; `step` never
 applies dropout. A prime prefilled from position 0 runs the training computation; one that starts
 mid-cache (t > 1, pos > 0) uses an explicit t x (pos + t) mask, so prefill long primes from 0 or
@@ -30,13 +32,14 @@ keys of every layer are also rotated by their position (RoPE, Su et al. 2021), s
 depends on how far apart the two are. A rule like "look one beat back" is then one pattern shared by
 every position instead of one to learn per position pair.
 
-Read top-down: masks -> rotary -> attention functions -> CausalSelfAttention -> MLP -> Block (and its cached
-twin block_step) -> TransformerConfig -> KVCache -> Transformer.
+Read top-down: masks -> rotary -> attention functions -> CausalSelfAttention, MLP (parameters) -> block_apply
+-> Block, block_step -> TransformerConfig -> KVCache -> Transformer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -226,9 +229,9 @@ def cached_attention(
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention of one kind, fused QKV projection.
-    Tensor[B x T x D] -> Tensor[B x T x D]; queries, keys and values are A = attention_dim wide
-    (A = D by default; Jukebox used A = D / 4), split into `heads` heads of A / heads."""
+    """The parameters of multi-head self-attention of one kind: a fused QKV projection and the output
+    projection. Queries, keys and values are A = attention_dim wide (A = D by default; Jukebox used
+    A = D / 4), split into `heads` heads of A / heads. `Block` runs it (see `block_apply`)."""
 
     def __init__(
         self, *, width: int, heads: int, kind: str, block_size: int, dropout: float = 0.0, bias: bool = True,
@@ -238,48 +241,29 @@ class CausalSelfAttention(nn.Module):
         attention_dim = width if attention_dim is None else attention_dim
         self.qkv = nn.Linear(width, 3 * attention_dim, bias=bias)
         self.proj = nn.Linear(attention_dim, width, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
         self.heads = heads
         self.kind = kind
         self.block_size = block_size
         self.dropout = dropout
         self.causal = causal
 
-    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """`rotary`: (cos, sin) Tensor[>= T x hd / 2] from `rotary_tables`, or None."""
-        B, T, _ = x.shape
-        A = self.proj.in_features
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, A // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        if rotary is not None:
-            cos, sin = rotary[0][:T], rotary[1][:T]
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        dropout_p = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, kind=self.kind, block_size=self.block_size, dropout_p=dropout_p,
-                             causal=self.causal)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, A)  # (B, T, A)
-        return self.resid_dropout(self.proj(y))
-
 
 class MLP(nn.Module):
-    """Linear -> GELU -> Linear -> dropout. Tensor[B x T x D] -> Tensor[B x T x D].
+    """The parameters of Linear -> GELU -> Linear (`Block` runs it, see `block_apply`).
 
     GELU in GPT-2's tanh form: on CPU the exact (erf) form goes through a oneDNN call that costs
     ~6 us at batch 1, about an eighth of a sampling step at the reference size.
     """
 
-    def __init__(self, *, width: int, hidden: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, *, width: int, hidden: int, bias: bool = True) -> None:
         super().__init__()
         self.fc = nn.Linear(width, hidden, bias=bias)
         self.proj = nn.Linear(hidden, width, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
 
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """The parameters of one block, fetched once for `Transformer.step`.
+    """The parameters of one block, as `block_apply` takes them (fetched once per call for `Transformer.step`).
 
     Views of the module's own tensors (in-place updates are seen). Linear weights are transposed
     views, Tensor[in x out], ready for torch.addmm; biases are None when the model has none.
@@ -304,8 +288,24 @@ def affine(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
     return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
 
 
+def block_apply(x: Tensor, w: BlockWeights, attend: Callable[[Tensor], Tensor], dropout_p: float = 0.0) -> Tensor:
+    """The one implementation of a pre-LayerNorm block, for training, a whole window and the cached step.
+
+    x: Tensor[N x D] (rows of any batch and positions); `attend` maps the fused projections
+    Tensor[N x 3A] (queries, keys, values) to the attention output Tensor[N x A], the only part that differs
+    between a whole sequence and a cached step. dropout_p: residual dropout (0 when not training).
+    """
+    D = x.shape[1]
+    h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
+    y = affine(attend(affine(h, w.qkv_t, w.qkv_bias)), w.proj_t, w.proj_bias)  # (N, D)
+    x = x + (F.dropout(y, dropout_p) if dropout_p else y)
+    h = F.layer_norm(x, (D,), w.ln2_weight, w.ln2_bias)
+    y = affine(F.gelu(affine(h, w.fc_t, w.fc_bias), approximate="tanh"), w.out_t, w.out_bias)  # (N, D)
+    return x + (F.dropout(y, dropout_p) if dropout_p else y)
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block. Tensor[B x T x D] -> Tensor[B x T x D]."""
+    """Pre-LayerNorm transformer block. Tensor[B x T x D] -> Tensor[B x T x D] (see `block_apply`)."""
 
     def __init__(
         self, *, width: int, heads: int, kind: str, block_size: int, attention_dim: int, mlp_dim: int,
@@ -318,11 +318,26 @@ class Block(nn.Module):
             attention_dim=attention_dim, causal=causal,
         )
         self.ln2 = nn.LayerNorm(width, bias=bias)
-        self.mlp = MLP(width=width, hidden=mlp_dim, dropout=dropout, bias=bias)
+        self.mlp = MLP(width=width, hidden=mlp_dim, bias=bias)
+        self.dropout = dropout
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), rotary)
-        return x + self.mlp(self.ln2(x))
+        """`rotary`: (cos, sin) Tensor[>= T x hd / 2] from `rotary_tables`, or None."""
+        B, T, D = x.shape
+        attn = self.attn
+        dropout_p = self.dropout if self.training else 0.0
+
+        def attend(qkv: Tensor) -> Tensor:  # (B * T, 3A) -> (B * T, A), the whole sequence at once
+            A = qkv.shape[1] // 3
+            q, k, v = qkv.view(B, T, 3, attn.heads, A // attn.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+            if rotary is not None:
+                cos, sin = rotary[0][:T], rotary[1][:T]
+                q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            y = causal_attention(q, k, v, kind=attn.kind, block_size=attn.block_size, dropout_p=dropout_p,
+                                 causal=attn.causal)  # (B, H, T, hd)
+            return y.transpose(1, 2).reshape(B * T, A)
+
+        return block_apply(x.reshape(B * T, D), self.weights(), attend, dropout_p).view(B, T, D)
 
     def weights(self) -> BlockWeights:
         """This block's parameters as plain references, for the cached step."""
@@ -340,32 +355,30 @@ def block_step(
     x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: int, block_size: int, prev_mask: Tensor,
     rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """`Block.forward` for positions pos..pos+t-1 of B sequences, writing their keys and values into the cache.
+    """`block_apply` for positions pos..pos+t-1 of B sequences, writing their keys and values into the cache.
 
     x: Tensor[(B * t) x D], batch-major; keys, values: Tensor[B x H x n_ctx x hd] -> Tensor[(B * t) x D].
     rotary: (cos, sin) of positions pos..pos+t-1, Tensor[t x hd / 2] each, or None. The cache holds rotated keys.
     """
-    D = x.shape[1]
     B, H, hd = keys.shape[0], keys.shape[1], keys.shape[3]
     t = x.shape[0] // B
-    h = F.layer_norm(x, (D,), w.ln1_weight, w.ln1_bias)
-    qkv = affine(h, w.qkv_t, w.qkv_bias)  # (B * t, 3A), A = H * hd
-    if t == 1:  # sampling: a view, no permute
-        heads = qkv.view(B, 3, H, 1, hd)  # (B, 3, H, 1, hd)
-        q, k, v = heads.unbind(1)  # 3 x (B, H, 1, hd)
-        if rotary is not None:  # queries and keys in one rotation: half the kernel launches
-            q, k = rotate(heads[:, :2], *rotary).unbind(1)
-    else:
-        q, k, v = qkv.view(B, t, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
-        if rotary is not None:
-            q, k = rotate(torch.stack((q, k)), *rotary).unbind(0)
-    keys.narrow(2, pos, t).copy_(k)
-    values.narrow(2, pos, t).copy_(v)
-    y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
-    y = y.transpose(1, 2).reshape(B * t, H * hd)  # (B * t, A)
-    x = x + affine(y, w.proj_t, w.proj_bias)
-    h = F.layer_norm(x, (D,), w.ln2_weight, w.ln2_bias)
-    return x + affine(F.gelu(affine(h, w.fc_t, w.fc_bias), approximate="tanh"), w.out_t, w.out_bias)
+
+    def attend(qkv: Tensor) -> Tensor:  # (B * t, 3A) -> (B * t, A), A = H * hd, against the cache
+        if t == 1:  # sampling: a view, no permute
+            heads = qkv.view(B, 3, H, 1, hd)  # (B, 3, H, 1, hd)
+            q, k, v = heads.unbind(1)  # 3 x (B, H, 1, hd)
+            if rotary is not None:  # queries and keys in one rotation: half the kernel launches
+                q, k = rotate(heads[:, :2], *rotary).unbind(1)
+        else:
+            q, k, v = qkv.view(B, t, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, t, hd)
+            if rotary is not None:
+                q, k = rotate(torch.stack((q, k)), *rotary).unbind(0)
+        keys.narrow(2, pos, t).copy_(k)
+        values.narrow(2, pos, t).copy_(v)
+        y = cached_attention(q, keys, values, kind=kind, pos=pos, block_size=block_size, prev_mask=prev_mask)
+        return y.transpose(1, 2).reshape(B * t, H * hd)
+
+    return block_apply(x, w, attend)
 
 
 @dataclass(frozen=True)

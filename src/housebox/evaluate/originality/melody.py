@@ -158,7 +158,9 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
                         starts=np.cumsum([0] + [beats[t] for t in order]).astype(np.int64), track_ids=tuple(order),
                         artists=tuple(current[t]["artist"] for t in order), config=config,
                         without_beats=tuple(without))
-    natural, pair = natural_melody(index, progress=progress)
+    natural, pair, calibration = natural_melody(index, progress=progress,
+                                                previous=stored.get("calibration") if usable else None,
+                                                new_from=len(kept))
     folder.mkdir(parents=True, exist_ok=True)
     from housebox.train.checkpoint import write_json
 
@@ -169,6 +171,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
         os.replace(tmp, folder / f"{name}.npy")
     write_json(meta_path, {"version": INDEX_VERSION, "config": asdict(config), "beats": int(times_all.size),
                            "natural_seconds": natural, "natural_pair": list(pair) if pair else None,
+                           "calibration": calibration,
                            "tracks": [{"id": t, "sha256": current[t]["sha256"], "beats": beats[t]} for t in order],
                            "without_beats": without,
                            "without_beats_sha": {t: current[t]["sha256"] for t in without}})
@@ -186,19 +189,21 @@ class _Run:
     track_beat: int  # in the whole index
 
 
-def _blocks(starts: np.ndarray, block_beats: int) -> list[tuple[int, int]]:
-    """Consecutive groups of whole tracks `(first track, last track + 1)`, each about block_beats long."""
-    blocks, first = [], 0
-    for t in range(1, starts.size):
+def _blocks(starts: np.ndarray, block_beats: int, first: int = 0) -> list[tuple[int, int]]:
+    """Consecutive groups of whole tracks `(first track, last track + 1)` from track `first` on, each about
+    block_beats long."""
+    blocks = []
+    for t in range(first + 1, starts.size):
         if starts[t] - starts[first] >= block_beats or t == starts.size - 1:
             blocks.append((first, t))
             first = t
     return blocks
 
 
-def _best_runs(index: MelodyIndex, query: np.ndarray, exclude: int | None = None) -> dict[int, _Run]:
-    """For each track with a matching passage: the longest run of `query` `[n x 12]` profiles along one
-    diagonal of one transposition whose `window_beats`-beat means reach `min_similarity`."""
+def _best_runs(index: MelodyIndex, query: np.ndarray, exclude: int | None = None, first_track: int = 0) -> dict[int, _Run]:
+    """For each track (from `first_track` on, not `exclude`) with a matching passage: the longest run of
+    `query` `[n x 12]` profiles along one diagonal of one transposition whose `window_beats`-beat means
+    reach `min_similarity`."""
     cfg = index.config
     w = cfg.window_beats
     n = query.shape[0] - w + 1  # window starts in the query
@@ -206,7 +211,7 @@ def _best_runs(index: MelodyIndex, query: np.ndarray, exclude: int | None = None
     if n <= 0 or len(index.track_ids) == 0:
         return found
     rolled = np.stack([np.roll(query, -s, axis=1) for s in range(12)])  # (12, n+w-1, 12): row s = s semitones up
-    for first, last in _blocks(index.starts, cfg.block_beats):
+    for first, last in _blocks(index.starts, cfg.block_beats, first_track):
         lo, hi = int(index.starts[first]), int(index.starts[last])
         keys = np.asarray(index.chroma[lo:hi], dtype=np.float32)  # (M, 12)
         m = hi - lo - w + 1
@@ -252,27 +257,49 @@ def _span(times: np.ndarray, first: int, beats: int) -> float:
     return float(times[last] - times[first] + period)
 
 
-def natural_melody(index: MelodyIndex, calibration_tracks: int = 32, progress: bool = False) -> tuple[float, tuple[str, str] | None]:
-    """Longest passage (s) a training track shares with a *different* training track, and the pair: an
-    excerpt of `calibration_beats` from the middle of each of up to `calibration_tracks` tracks (evenly
-    spread through the index) is compared with every other track."""
+def calibration_choice(track_ids: tuple[str, ...] | list[str], count: int = 32) -> list[str]:
+    """The tracks whose excerpts measure what different tracks share: the `count` smallest ids (content
+    hashes, so a random choice, and a stable one: adding tracks changes it only where a new id is smaller)."""
+    return sorted(track_ids)[:count]
+
+
+def natural_melody(index: MelodyIndex, calibration_tracks: int = 32, progress: bool = False,
+                   previous: dict[str, list] | None = None,
+                   new_from: int = 0) -> tuple[float, tuple[str, str] | None, dict[str, list]]:
+    """Longest passage (s) a training track shares with a *different* training track, the pair, and the
+    measurement of each calibration track (id -> [seconds, other id or None]).
+
+    An excerpt of `calibration_beats` from the middle of each calibration track (`calibration_choice`) is
+    compared with every other track. With `previous` (the stored measurements) only what changed is
+    compared: a calibration track measured before is compared with the tracks from `new_from` on (those
+    added since), unless the track it shared most with is gone."""
     from tqdm import tqdm
 
     cfg = index.config
-    n = len(index.track_ids)
-    longest, pair = 0.0, None
-    chosen = np.unique(np.linspace(0, n - 1, min(n, calibration_tracks)).round().astype(int)) if n > 1 else []
-    for t in tqdm(chosen, desc="melody calibration", unit="track", disable=not progress, dynamic_ncols=True):
+    position = {t: i for i, t in enumerate(index.track_ids)}
+    previous = previous or {}
+    entries: dict[str, list] = {}
+    for track in tqdm(calibration_choice(index.track_ids, calibration_tracks), desc="melody calibration",
+                      unit="track", disable=not progress, dynamic_ncols=True):
+        t = position[track]
+        known = previous.get(track)
+        reuse = known is not None and (known[1] is None or known[1] in position)
+        longest, other_id = (float(known[0]), known[1]) if reuse else (0.0, None)
         lo, hi = int(index.starts[t]), int(index.starts[t + 1])
         middle = max(lo, (lo + hi - cfg.calibration_beats) // 2)
         stop = min(hi, middle + cfg.calibration_beats)
         query = np.asarray(index.chroma[middle:stop], dtype=np.float32)
         times = np.asarray(index.times[middle:stop])
-        for other, run in _best_runs(index, query, exclude=int(t)).items():
-            seconds = _span(times, run.sample_beat, run.beats)
+        for other, run in _best_runs(index, query, exclude=t, first_track=new_from if reuse else 0).items():
+            seconds = round(_span(times, run.sample_beat, run.beats), 2)
             if seconds > longest:
-                longest, pair = seconds, (index.track_ids[t], index.track_ids[other])
-    return round(longest, 2), pair
+                longest, other_id = seconds, index.track_ids[other]
+        entries[track] = [longest, other_id]
+    if not entries:
+        return 0.0, None, entries
+    track = max(entries, key=lambda k: entries[k][0])
+    longest, other_id = entries[track]
+    return longest, ((track, other_id) if other_id else None), entries
 
 
 # ---- a sample --------------------------------------------------------------------------------------
