@@ -16,6 +16,7 @@ from housebox.audio.io import save_audio
 from housebox.data.prepare import load_track, read_manifest
 from housebox.web.server import JobQueue, RequestError, ServerSettings, start_server
 
+JSON = {"Content-Type": "application/json"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -118,7 +119,7 @@ def test_nothing_outside_the_samples_folder_is_served(server, path):
 ])
 def test_bad_generate_requests_get_400_with_a_message(server, fields, message):
     request = {"artist": "Dawn Atlas", "seconds": 1, **fields}
-    status, body = call(server, "POST", "/api/generate", json.dumps(request).encode())
+    status, body = call(server, "POST", "/api/generate", json.dumps(request).encode(), JSON)
     assert status == 400 and message in body["error"], body
 
 
@@ -129,8 +130,35 @@ def test_bad_uploads_get_400_with_a_message(server):
     assert status == 400 and "not an audio file name" in body["error"]
     status, body = call(server, "POST", "/api/upload?name=big.wav", b"\0" * 300_000)
     assert status == 400 and "too big" in body["error"]
-    status, body = call(server, "POST", "/api/generate", b"{not json")
+    status, body = call(server, "POST", "/api/generate", b"{not json", JSON)
     assert status == 400 and "JSON" in body["error"]
+    status, body = call(server, "POST", "/api/generate", b"{}")
+    assert status == 415 and "application/json" in body["error"]
+    status, body = call(server, "GET", "/api/jobs/none?wait=abc")
+    assert status == 400 and "wait must be a number" in body["error"]
+
+
+def test_other_web_pages_cannot_drive_the_server(server):
+    """DNS rebinding (a foreign Host) and cross-site requests (another Origin, a form's content type, a
+    browser's cross-site mark) get 403 before anything runs; the page's own requests pass."""
+    port = server.server.server_address[1]
+    for host, expected in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                           (f"evil.example:{port}", 403), ("127.0.0.1:1", 403), ("127.0.0.1", 403)):
+        status, body = call(server, "GET", "/api/info", headers={"Host": host})
+        assert status == expected, (host, body)
+    queued = len(server.app.jobs._jobs)
+    request = json.dumps({"artist": "Dawn Atlas", "seconds": 1}).encode()
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"},
+                    {**JSON, "Origin": "http://evil.example"}, {**JSON, "Origin": f"http://127.0.0.1:{port + 1}"},
+                    {**JSON, "Sec-Fetch-Site": "cross-site"}):
+        status, body = call(server, "POST", "/api/generate", request, headers)
+        assert status == 403, (headers, body)
+    status, body = call(server, "POST", "/api/upload?name=clip.wav", b"--x\r\n", {"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 403 and "multipart/form-data" in body["error"]
+    assert len(server.app.jobs._jobs) == queued  # nothing was started
+    status, job = call(server, "POST", "/api/generate", request, {**JSON, "Origin": f"http://127.0.0.1:{port}",
+                                                                   "Sec-Fetch-Site": "same-origin"})
+    assert status == 202 and wait_done(server, job["job"])["state"] == "done"
 
 
 def test_concurrent_requests_are_queued_and_all_finish(server):

@@ -157,7 +157,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from housebox.web.server import ServerSettings, serve
 
     serve(args.run, ServerSettings(host=args.host, port=args.port, samples_dir=args.samples,
-                                   max_seconds=args.max_seconds, check=not args.no_check), device=_device(args.device))
+                                   max_seconds=args.max_seconds, check=not args.no_check,
+                                   allowed_hosts=tuple(args.allow_host or ())), device=_device(args.device))
     return 0
 
 
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", help="folder for generated samples (default RUN/samples)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="longest track a request may ask for (default 120)")
     p.add_argument("--no-check", action="store_true", help="do not check originality after each generation")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="with --host other than 127.0.0.1: a name the page is reached by (repeatable; default: "
+                        "any name)")
     _add_device_flag(p)
     p.set_defaults(func=_cmd_serve)
 

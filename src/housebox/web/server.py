@@ -13,6 +13,13 @@ only its static page and the files inside the samples folder: paths that resolve
     POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime, bpm} -> {"job": ID}
     GET  /api/jobs/ID?wait=S       a job's state: queued (position), running, checking, done, failed
     GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html)
+
+Other web pages the user visits must not drive it: every request must name this server in its Host
+header (a loopback-bound server answers only to 127.0.0.1, localhost and [::1] at its port, which
+defeats DNS rebinding; one bound elsewhere also to `allowed_hosts`, or to any name when that is empty),
+and a POST is refused when its Origin is another site's, when the browser marks it cross-site
+(Sec-Fetch-Site), or when it carries a type an HTML form can send without asking (text/plain,
+multipart/form-data, application/x-www-form-urlencoded); /api/generate takes application/json only.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ UPLOADS = ".uploads"  # inside the samples folder; hidden, so never served
 MAX_JSON_BYTES = 64 * 1024
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{1,5}$")
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+FORM_TYPES = {"text/plain", "multipart/form-data", "application/x-www-form-urlencoded"}  # sent cross-site unasked
 
 
 class RequestError(ValueError):
@@ -56,6 +65,7 @@ class ServerSettings:
     max_queue: int = 8  # jobs waiting; more get 503
     check: bool = True  # originality check after each generation
     long_poll_seconds: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback ones (bound elsewhere only)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -345,6 +355,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         try:
+            self._check_sender(method)
             self._route(method, url.path, parse_qs(url.query))
         except RequestError as err:
             self._json({"error": str(err)}, err.status)
@@ -353,6 +364,32 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as err:  # a bug must not leave the page without an answer
             self._json({"error": f"internal error: {type(err).__name__}: {str(err)[:200]}"},
                        HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _check_sender(self, method: str) -> None:
+        """Refuse (403) a request another web page could have made: see the module's docstring."""
+        host = self.headers.get("Host", "")
+        bound_host, port = self.server.server_address[:2]
+        name, _, given_port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        name = name.strip("[]").lower()
+        if given_port != str(port):
+            raise RequestError(f"Host {host!r} is not this server (port {port})", HTTPStatus.FORBIDDEN)
+        if bound_host in LOOPBACK or self.app.settings.allowed_hosts:
+            allowed = LOOPBACK | {h.lower() for h in self.app.settings.allowed_hosts}
+            if bound_host not in LOOPBACK:
+                allowed.add(str(bound_host).lower())
+            if name not in allowed:
+                raise RequestError(f"Host {host!r} is not this server", HTTPStatus.FORBIDDEN)
+        if method != "POST":
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            raise RequestError(f"requests from {origin} are refused", HTTPStatus.FORBIDDEN)
+        if self.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            raise RequestError("cross-site requests are refused", HTTPStatus.FORBIDDEN)
+        kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if kind in FORM_TYPES:
+            raise RequestError(f"Content-Type {kind} is refused (an HTML form of any page could send it)",
+                               HTTPStatus.FORBIDDEN)
 
     def _route(self, method: str, path: str, query: dict) -> None:
         app = self.app
@@ -369,8 +406,13 @@ class Handler(BaseHTTPRequestHandler):
         elif method == "GET" and path.startswith("/api/samples/"):
             return self._json(app.sample(unquote(path[len("/api/samples/"):])))
         elif method == "GET" and path.startswith("/api/jobs/"):
-            wait = min(app.settings.long_poll_seconds, float(query.get("wait", ["0"])[0] or 0))
-            seen = int(query.get("version", ["-1"])[0] or -1)
+            try:
+                wait = min(app.settings.long_poll_seconds, max(0.0, float(query.get("wait", ["0"])[0] or 0)))
+                seen = int(query.get("version", ["-1"])[0] or -1)
+            except ValueError:
+                raise RequestError("wait must be a number of seconds and version a whole number") from None
+            if wait != wait:
+                raise RequestError("wait must be a number of seconds")
             status = app.jobs.status(path[len("/api/jobs/"):], wait=wait, seen_version=seen)
             if status is None:
                 raise RequestError("no such job", HTTPStatus.NOT_FOUND)
@@ -383,6 +425,9 @@ class Handler(BaseHTTPRequestHandler):
             name = query.get("name", ["clip.wav"])[0]
             return self._json(app.save_upload(name, self._body(app.settings.max_upload_bytes, "upload")))
         elif method == "POST" and path == "/api/generate":
+            if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+                raise RequestError("the request body must be JSON, sent as application/json",
+                                   HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
             try:
                 body = json.loads(self._body(MAX_JSON_BYTES, "request") or b"{}")
             except (json.JSONDecodeError, UnicodeDecodeError):
