@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import music_like, write, write_m4a
 from housebox.cli import main
@@ -175,3 +176,34 @@ def test_center_vocal_removal_skips_mono_files(tmp_path):
     assert len(report.prepared) == 1
     assert [os.path.basename(s.path) for s in report.skipped] == ["mono.wav"]
     assert "needs stereo" in report.skipped[0].reason
+
+
+def test_files_that_cannot_be_prepared_are_skipped_not_fatal(tmp_path):
+    """A FIFO named *.wav (would block forever), a 6-channel file with centre vocal removal (the remover
+    refuses it), an m4a longer than --max-seconds (stopped while decoding): each skipped with its reason,
+    the rest prepared."""
+    src = tmp_path / "src"
+    write(src / "good.wav", music_like(2.0, SR, seed=1), SR)
+    write(src / "surround.wav", np.tile(music_like(2.0, SR, seed=2, channels=1), (6, 1)), SR)
+    os.mkfifo(src / "pipe.wav")
+    settings = PrepareSettings(sample_rate=SR, min_seconds=1.0, remove_vocals="center")
+    report = prepare(src, tmp_path / "data", settings, progress=False)
+    reasons = {os.path.basename(s.path): s.reason for s in report.skipped}
+    assert len(report.prepared) == 1 and set(reasons) == {"surround.wav", "pipe.wav"}, reasons
+    assert reasons["pipe.wav"] == "not a regular file" and reasons["surround.wav"].startswith("vocal removal:")
+
+    long = tmp_path / "long"
+    write_m4a(long / "long.m4a", music_like(6.0, SR, seed=3), SR)
+    report = prepare(long, tmp_path / "data2", PrepareSettings(sample_rate=SR, min_seconds=1.0, max_seconds=3.0),
+                     progress=False)
+    assert [s.reason for s in report.skipped] == ["too long (> --max-seconds 3)"]
+
+
+def test_load_audio_stops_at_max_seconds(tmp_path):
+    from housebox.audio.io import AudioError, load_audio
+
+    for name, writer in (("a.flac", write), ("a.m4a", write_m4a)):
+        path = writer(tmp_path / name, music_like(4.0, SR, seed=4), SR)
+        assert load_audio(path, max_seconds=5.0).seconds == pytest.approx(4.0, abs=0.1)
+        with pytest.raises(AudioError, match="longer than 2 s"):
+            load_audio(path, max_seconds=2.0)

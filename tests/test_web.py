@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from conftest import train_tiny_run
@@ -136,6 +137,30 @@ def test_bad_uploads_get_400_with_a_message(server):
     assert status == 415 and "application/json" in body["error"]
     status, body = call(server, "GET", "/api/jobs/none?wait=abc")
     assert status == 400 and "wait must be a number" in body["error"]
+
+
+def test_uploads_are_bounded_by_length_and_forgotten(server, tmp_path):
+    """A small file holding hours of (silent) audio is refused by its decoded length; uploads older than a
+    day are deleted; a samples folder with an odd name does not break the list."""
+    import soundfile as sf
+
+    silence = tmp_path / "silence.flac"
+    sf.write(silence, np.zeros(8000 * 700, dtype=np.int16), 8000, format="FLAC")  # 700 s in a few kB
+    assert silence.stat().st_size < 200_000
+    status, body = call(server, "POST", "/api/upload?name=silence.flac", silence.read_bytes())
+    assert status == 400 and "longer than 600 s" in body["error"], body
+    stale = server.app.samples_dir / ".uploads" / ("0" * 32 + ".wav")
+    stale.write_bytes(b"RIFF")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    clip = tmp_path / "clip.wav"
+    save_audio(clip, np.random.default_rng(0).normal(0, 0.1, 16000 * 2).astype(np.float32), 16000)
+    status, body = call(server, "POST", "/api/upload?name=clip.wav", clip.read_bytes())
+    assert status == 200 and not stale.exists()
+    odd = server.app.samples_dir / "odd name!"
+    odd.mkdir(exist_ok=True)
+    (odd / "report.json").write_text("{}")
+    status, body = call(server, "GET", "/api/samples")
+    assert status == 200 and all(s["name"] != "odd name!" for s in body["samples"])
 
 
 def test_other_web_pages_cannot_drive_the_server(server):

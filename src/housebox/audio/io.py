@@ -69,15 +69,25 @@ def probe(path: str | Path) -> AudioInfo:
     return AudioInfo(sample_rate=info.samplerate, channels=info.channels, frames=info.frames)
 
 
-def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = False) -> Audio:
-    """Decode `path` to float32 `[C x T]`, optionally downmixed and resampled to `sample_rate`."""
+def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = False,
+               max_seconds: float | None = None) -> Audio:
+    """Decode `path` to float32 `[C x T]`, optionally downmixed and resampled to `sample_rate`.
+
+    `max_seconds`: refuse (AudioError) audio longer than this before decoding more than that much of it,
+    so a small file holding hours (a compressed silence) cannot fill the memory."""
     path = Path(path)
     _check_readable(path)
     if path.suffix.lower() in FFMPEG_EXTENSIONS:
-        samples, sr = _load_with_ffmpeg(path)
+        samples, sr = _load_with_ffmpeg(path, max_seconds)
     else:
         try:
-            declared = sf.info(str(path)).frames
+            info = sf.info(str(path))
+        except Exception as err:
+            raise AudioError(path, f"cannot decode ({_short(err)})") from None
+        if max_seconds is not None and info.frames > max_seconds * info.samplerate:
+            raise AudioError(path, f"longer than {max_seconds:g} s ({info.frames / info.samplerate:.1f} s)")
+        try:
+            declared = info.frames
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
         except Exception as err:
             raise AudioError(path, f"cannot decode ({_short(err)})") from None
@@ -144,23 +154,27 @@ def _short(err: Exception) -> str:
     return text[:160]
 
 
-def _load_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def _load_with_ffmpeg(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """m4a/aac and friends: PyAV if importable, else the ffmpeg binary, else a clear error."""
     try:
         import av  # noqa: F401
     except ImportError:
         av = None
     if av is not None:
-        return _load_with_pyav(path)
+        return _load_with_pyav(path, max_seconds)
     if shutil.which("ffmpeg"):
-        return _load_with_ffmpeg_binary(path)
+        return _load_with_ffmpeg_binary(path, max_seconds)
     raise AudioError(
         path,
         f"cannot decode {path.suffix} without PyAV or ffmpeg: run `pip install av` or install ffmpeg",
     )
 
 
-def _load_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _too_long(path: Path, max_seconds: float) -> AudioError:
+    return AudioError(path, f"longer than {max_seconds:g} s (stopped decoding there)")
+
+
+def _load_with_pyav(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av
 
     try:
@@ -168,8 +182,11 @@ def _load_with_pyav(path: Path) -> tuple[np.ndarray, int]:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise AudioError(path, "no audio stream")
-            chunks = []
+            chunks, decoded = [], 0
             for frame in container.decode(stream):
+                decoded += frame.samples
+                if max_seconds is not None and decoded > max_seconds * frame.sample_rate:
+                    raise _too_long(path, max_seconds)
                 array = frame.to_ndarray()
                 if frame.format.is_planar:  # (C, n)
                     chunks.append(array.astype(np.float32))
@@ -188,14 +205,18 @@ def _load_with_pyav(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(samples, dtype=np.float32), int(sr)
 
 
-def _load_with_ffmpeg_binary(path: Path) -> tuple[np.ndarray, int]:
+def _load_with_ffmpeg_binary(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "decoded.wav"
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "wav", "-acodec", "pcm_f32le", str(wav)]
+        limit = [] if max_seconds is None else ["-t", f"{max_seconds + 1.0:g}"]  # one second more shows "too long"
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *limit, "-f", "wav", "-acodec", "pcm_f32le",
+               str(wav)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not wav.exists():
             raise AudioError(path, f"ffmpeg cannot decode ({_short(RuntimeError(result.stderr or 'no output'))})")
         data, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+    if max_seconds is not None and data.shape[0] > max_seconds * sr:
+        raise _too_long(path, max_seconds)
     return np.ascontiguousarray(data.T), int(sr)
 
 

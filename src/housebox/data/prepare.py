@@ -171,6 +171,10 @@ def _draw(track_id: str, settings: PrepareSettings) -> float:
 def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettings, known: frozenset[str],
                  table: LabelCsv | None) -> dict | Skipped | str:
     """Prepare one file: a manifest row, a Skipped, or the sha256 of a file already in the dataset."""
+    from housebox.audio.vocals import VocalRemovalError
+
+    if not file.is_file():  # a FIFO, socket or device named *.wav would block or never end when read
+        return Skipped(str(file), "not a regular file")
     try:
         sha = sha256_of(file)
         if sha in known:
@@ -178,7 +182,12 @@ def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettin
         info = probe(file)
         if info.seconds is not None and info.seconds > settings.max_seconds:
             return Skipped(str(file), f"too long ({info.seconds:.0f} s > --max-seconds {settings.max_seconds:g})")
-        audio = load_audio(file)
+        try:  # containers that do not say their length (m4a) stop decoding at the limit
+            audio = load_audio(file, max_seconds=settings.max_seconds)
+        except AudioError as err:
+            if err.problem.startswith("longer than"):
+                return Skipped(str(file), f"too long (> --max-seconds {settings.max_seconds:g})")
+            raise
         seconds = audio.seconds
         if seconds > settings.max_seconds:
             return Skipped(str(file), f"too long ({seconds:.0f} s > --max-seconds {settings.max_seconds:g})")
@@ -203,6 +212,8 @@ def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettin
         pcm = np.round(np.clip(mono[0], -1.0, 1.0) * 32767).astype(np.int16)
     except AudioError as err:
         return Skipped(str(file), err.problem)
+    except VocalRemovalError as err:  # e.g. a 6-channel file: this file cannot have its vocals removed
+        return Skipped(str(file), f"vocal removal: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     except MemoryError:
         return Skipped(str(file), "out of memory while decoding (lower --max-seconds)")
 

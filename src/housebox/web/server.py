@@ -62,6 +62,8 @@ class ServerSettings:
     max_seconds: float = 120.0  # longest track a request may ask for
     max_tracks: int = 4  # tracks per request
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_seconds: float = 600.0  # decoded length of a prime clip (bytes alone do not bound it)
+    upload_days: float = 1.0  # uploads older than this are deleted
     max_queue: int = 8  # jobs waiting; more get 503
     check: bool = True  # originality check after each generation
     long_poll_seconds: float = 10.0
@@ -245,10 +247,11 @@ class App:
             raise RequestError(f"upload: {name!r} is not an audio file name ({', '.join(sorted(AUDIO_EXTENSIONS))})")
         if not data:
             raise RequestError("upload: empty file")
+        self._forget_old_uploads()
         path = self.samples_dir / UPLOADS / f"{secrets.token_hex(16)}{suffix}"
         path.write_bytes(data)
         try:
-            audio = load_audio(path)
+            audio = load_audio(path, max_seconds=self.settings.max_upload_seconds)
         except AudioError as err:
             path.unlink(missing_ok=True)
             raise RequestError(f"upload: {name} is not usable audio ({err.problem})") from None
@@ -258,9 +261,19 @@ class App:
             raise RequestError(f"upload: {name} is too short to prime with ({audio.seconds:.3f} s)")
         return {"upload": path.name, "seconds": round(audio.seconds, 2)}
 
+    def _forget_old_uploads(self) -> None:
+        """Delete uploaded clips older than `upload_days` (a prime is used within minutes of its upload)."""
+        cutoff = time.time() - self.settings.upload_days * 86400
+        for old in (self.samples_dir / UPLOADS).iterdir():
+            try:
+                if UPLOAD_NAME.match(old.name) and old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                pass  # another request removed it, or it cannot be removed: not this request's problem
+
     def samples(self, limit: int = 50) -> list[dict]:
         folders = [p for p in self.samples_dir.iterdir()
-                   if p.is_dir() and not p.name.startswith(".") and (p / "report.json").is_file()]
+                   if p.is_dir() and FOLDER_NAME.match(p.name) and (p / "report.json").is_file()]
         folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         return [self.sample(p.name) for p in folders[:limit]]
 
