@@ -207,3 +207,16 @@ def test_load_audio_stops_at_max_seconds(tmp_path):
         assert load_audio(path, max_seconds=5.0).seconds == pytest.approx(4.0, abs=0.1)
         with pytest.raises(AudioError, match="longer than 2 s"):
             load_audio(path, max_seconds=2.0)
+
+
+def test_symlinked_artist_folders_are_followed_once(tmp_path):
+    """An artist folder linked in from elsewhere is prepared under its link's name; a link back to the
+    source folder (a loop) does not repeat or hang."""
+    elsewhere, src = tmp_path / "elsewhere", tmp_path / "src"
+    write(elsewhere / "house" / "x.wav", music_like(2.0, SR, seed=5), SR)
+    write(src / "Alice" / "house" / "a.wav", music_like(2.0, SR, seed=6), SR)
+    os.symlink(elsewhere, src / "Bob")
+    os.symlink(src, src / "Alice" / "loop")
+    report = prepare(src, tmp_path / "data", PrepareSettings(sample_rate=SR, min_seconds=1.0), progress=False)
+    rows = read_manifest(tmp_path / "data")
+    assert len(report.prepared) == 2 and sorted(r["artist"] for r in rows) == ["Alice", "Bob"]

@@ -310,10 +310,18 @@ def backfill_beat_grids(data_dir: Path, rows: list[dict], report: PrepareReport,
 
 
 def find_files(source: Path) -> tuple[list[Path], list[Path]]:
-    """(audio files by extension, other files), both sorted, hidden files left out."""
+    """(audio files by extension, other files), both sorted, hidden files left out. Symlinked folders are
+    followed (an artist folder linked in from another disk), each real folder once (a link loop ends)."""
     audio, other = [], []
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in seen)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
