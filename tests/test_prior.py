@@ -106,6 +106,13 @@ def test_inverse_cdf_draws_follow_the_softmax():
     assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.015)
 
 
+def test_inverse_cdf_never_draws_a_forbidden_code():
+    """Draws of exactly 0 and just below 1 keep to the codes top-k / top-p left (forbidden at both ends)."""
+    logits = filter_logits(torch.tensor([[-5.0, 3.0, 2.0, 1.0, -5.0]]).expand(3, -1), temperature=1.0, top_k=3)
+    picks = draw(logits, torch.tensor([0.0, 0.5, 1.0 - 2 ** -24]))
+    assert picks.tolist()[0] == 1 and picks.tolist()[2] == 3 and set(picks.tolist()) <= {1, 2, 3}
+
+
 @pytest.mark.parametrize("upsampler", [False, True])
 def test_sampling_is_seeded_primed_and_windowed(upsampler):
     prior = tiny_prior(upsampler)

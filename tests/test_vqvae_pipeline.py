@@ -126,3 +126,13 @@ def test_torchrun_two_processes_train_identical_vqvaes(demo_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((out / "config.json").read_text())
     assert meta["world_size"] == 2 and meta["ranks_in_sync"] is True
+
+
+def test_code_cache_type_holds_every_code(tmp_path):
+    """int16 up to 32,768 codes; beyond, the cache must not wrap (a 40,000-code codebook keeps code 39,999)."""
+    from housebox.data.codes import code_dtype
+
+    for size in (2048, 32768, 40000, 65536):
+        codes = np.array([0, size - 1])
+        np.save(tmp_path / "c.npy", codes.astype(code_dtype(size)))
+        assert np.load(tmp_path / "c.npy").tolist() == [0, size - 1], size

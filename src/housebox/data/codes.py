@@ -1,4 +1,5 @@
-"""`housebox encode`: the code cache the priors train on, `codes/l<level>/<id>.npy` (int16).
+"""`housebox encode`: the code cache the priors train on, `codes/l<level>/<id>.npy` (int16; int32 for
+codebooks over 32,768 codes).
 
 Tracks are encoded in windows of `window_seconds` with `margin_seconds` of real audio on both sides
 (cropped away afterwards), so a window's codes match whole-track encoding while memory stays bounded.
@@ -55,6 +56,12 @@ def encode_track(model: VQVAE, audio: np.ndarray, window_seconds: float = 20.0, 
     return [np.concatenate(p) for p in pieces]
 
 
+def code_dtype(codebook_size: int) -> type:
+    """The smallest integer type the cache stores codes of this codebook in: int16 up to 32,768 codes,
+    int32 beyond (int16 would wrap silently)."""
+    return np.int16 if codebook_size <= np.iinfo(np.int16).max + 1 else np.int32
+
+
 def encode_dataset(data_dir: str | Path, vqvae_dir: str | Path, device: str = "cpu", window_seconds: float = 20.0,
                    margin_seconds: float = 1.0, progress: bool = True) -> dict:
     """Encode every prepared track; returns a summary (tracks encoded, reused, tokens per level)."""
@@ -88,7 +95,7 @@ def encode_dataset(data_dir: str | Path, vqvae_dir: str | Path, device: str = "c
         codes = encode_track(model, load_track(data_dir, row["id"]), window_seconds, margin_seconds)
         for path, level_codes in zip(paths, codes):
             tmp = path.with_name(f".{path.stem}.tmp.npy")
-            np.save(tmp, level_codes.astype(np.int16))
+            np.save(tmp, level_codes.astype(code_dtype(config.codebook_size)))
             os.replace(tmp, path)
         encoded += 1
     tokens = [sum(int(np.load(code_paths(data_dir, r["id"], config.levels)[lv], mmap_mode="r").shape[0]) for r in rows)
@@ -97,5 +104,5 @@ def encode_dataset(data_dir: str | Path, vqvae_dir: str | Path, device: str = "c
 
 
 def load_codes(data_dir: str | Path, track_id: str, level: int) -> np.ndarray:
-    """Memory-mapped int16 codes `[N]` of one track at one level."""
+    """Memory-mapped codes `[N]` of one track at one level (int16, or int32 for codebooks over 32,768 codes)."""
     return np.load(Path(data_dir) / "codes" / f"l{level}" / f"{track_id}.npy", mmap_mode="r")

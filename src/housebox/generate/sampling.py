@@ -39,7 +39,9 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
 def draw(logits: Tensor, uniform: Tensor) -> Tensor:
     """Inverse-CDF sampling: one uniform per row picks a code. Tensor[B x V], Tensor[B] -> LongTensor[B]."""
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
-    target = (uniform * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    # the first code whose cdf reaches the target; a target above 0 (a draw of exactly 0.0 included)
+    # never lands on a leading code of probability 0, one at most the total never past the last allowed code
+    target = (uniform * cdf[:, -1]).clamp_(min=torch.finfo(cdf.dtype).tiny).unsqueeze(-1)  # (B, 1)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
