@@ -21,6 +21,7 @@ from housebox.evaluate.originality import (
     build_code_index,
     check_samples,
     fingerprint,
+    format_table,
     load_fingerprint_index,
     longest_code_run,
     match_audio,
@@ -66,7 +67,7 @@ def test_spliced_training_passage_is_flagged_with_track_and_offset(demo_data, tm
         quieter = resample(audio[None], SR, 22050)[0] * 10 ** (-6 / 20)
         sf.write(folder / "spliced.mp3", quieter, 22050, format="MP3")
         assert load_audio(folder / "spliced.mp3").sample_rate == 22050
-    report = check_samples(folder, demo_data)
+    report = check_samples(folder, demo_data, output=tmp_path / "checks")
     (result,) = report.samples
     assert result.verdict == "copied", result
     right = [m for m in result.matches if m.track_id == track_id
@@ -75,8 +76,12 @@ def test_spliced_training_passage_is_flagged_with_track_and_offset(demo_data, tm
     assert right[0].seconds >= 8.5  # of the 10 s pasted (51 pastes measured: at least 9.2 s, 9.0 s as mp3)
     others = [m.seconds for m in result.matches if m.track_id != track_id]
     assert max(others, default=0.0) < CONFIG.suspicious_audio_seconds  # the bed is not in the dataset
-    written = json.loads((folder / "report.json").read_text())["originality"]
-    assert written["samples"][result.sample.split("/")[-1]]["verdict"] == "copied"
+    assert not (folder / "report.json").exists()  # not a sample folder: the user's folder is left alone
+    written = json.loads((tmp_path / "checks" / "report.json").read_text())["originality"]
+    assert written["samples"][str((folder / result.sample.split("/")[-1]).resolve())]["verdict"] == "copied"
+    source = next(r for r in read_manifest(demo_data) if r["id"] == track_id)["path"].split("/")[-1]
+    assert written["tracks"][track_id] == {"file": source, "artist": right[0].artist}
+    assert f"{source} ({track_id})" in format_table(report)  # named by its file, not by its id alone
 
 
 def test_a_copy_played_faster_or_slower_is_named_with_its_speed(tmp_path):

@@ -147,9 +147,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from housebox.evaluate.originality import OriginalityConfig, check_samples, format_table
 
     thresholds = {"suspicious_audio_seconds": args.suspicious_audio, "copied_audio_seconds": args.copied_audio,
+                  "suspicious_melody_seconds": args.suspicious_melody, "copied_melody_seconds": args.copied_melody,
                   "suspicious_code_seconds": args.suspicious_codes, "copied_code_seconds": args.copied_codes}
     config = OriginalityConfig(**{k: v for k, v in thresholds.items() if v is not None})
-    print(format_table(check_samples(args.samples, args.against, config, progress=True)))
+    print(format_table(check_samples(args.samples, args.against, config, progress=True, output=args.output)))
     return 0
 
 
@@ -379,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of codes copied verbatim, beyond what unrelated training tracks share, that make a "
                         "sample suspicious (default 1)")
     p.add_argument("--copied-codes", type=float, metavar="S", help="the same, for copied (default 3)")
+    p.add_argument("--suspicious-melody", type=float, metavar="S",
+                   help="seconds of a passage following one training track's notes, beyond what different "
+                        "training tracks share, for suspicious (default 4)")
+    p.add_argument("--copied-melody", type=float, metavar="S", help="the same, for copied (default 8)")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="where the verdicts of audio outside `housebox sample` folders go (report.json; default "
+                        "DATA/checks); sample folders keep theirs in their own report.json")
     p.set_defaults(func=_cmd_check)
 
     p = verbs.add_parser("serve", help="a local web page to generate, listen, see and check",

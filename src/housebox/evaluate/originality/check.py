@@ -111,9 +111,17 @@ class OriginalityChecker:
                                  longest_melody_seconds=longest_melody, melody_matches=melody[:10],
                                  fired=cfg.fired(*measured))
 
-    def check_folder(self, folder: str | Path, names: list[str] | None = None) -> list[SampleOriginality]:
-        """Check the audio files of one folder (and their rows of its codes.npz, if any); record the
-        verdicts in its report.json (and index.html, for a `housebox sample` folder)."""
+    def track_names(self, results: list[SampleOriginality]) -> dict[str, dict]:
+        """id -> {"file", "artist"} of every training track the results name (ids alone say nothing)."""
+        named = {m.track_id for r in results for m in (*r.matches, *r.melody_matches, *r.code_runs)}
+        return {row["id"]: {"file": Path(row.get("path", row["id"])).name, "artist": row["artist"]}
+                for row in read_manifest(self.data_dir) if row["id"] in named}
+
+    def check_folder(self, folder: str | Path, names: list[str] | None = None,
+                     record: bool | None = None) -> list[SampleOriginality]:
+        """Check the audio files of one folder (and their rows of its codes.npz, if any). The verdicts
+        go into its report.json (and index.html) when it is a `housebox sample` folder, or when `record`
+        says so; never, by default, into a folder of someone's music."""
         from housebox.audio.io import load_audio
 
         folder = Path(folder)
@@ -128,7 +136,8 @@ class OriginalityChecker:
             row = ordered.index(name) if name in ordered else None
             own = {lv: c[row] for lv, c in codes.items() if row is not None and row < c.shape[0]} or None
             results.append(self.check(name, audio.samples[0], audio.sample_rate, own, sha))
-        _record(folder, report, results, self)
+        if record or (record is None and "settings" in report):
+            _record(folder, report, results, self)
         return results
 
 
@@ -160,8 +169,10 @@ def _record(folder: Path, report: dict, results: list[SampleOriginality], checke
 
     cfg = checker.config
     previous = report.get("originality", {}).get("samples", {})
+    previous_tracks = report.get("originality", {}).get("tracks", {})
     report["originality"] = {
         "against": str(checker.data_dir.resolve()),
+        "tracks": {**previous_tracks, **checker.track_names(results)},
         "thresholds": {k: getattr(cfg, k) for k in ("suspicious_audio_seconds", "copied_audio_seconds",
                                                      "suspicious_melody_seconds", "copied_melody_seconds",
                                                      "suspicious_code_seconds", "copied_code_seconds")},
@@ -195,33 +206,51 @@ def find_samples(samples: str | Path) -> dict[Path, list[str]]:
 
 
 def check_samples(samples: str | Path, data_dir: str | Path, config: OriginalityConfig = OriginalityConfig(),
-                  progress: bool = False) -> CheckReport:
-    """Check every audio file under `samples` against the dataset in `data_dir`; verdicts go to report.json."""
+                  progress: bool = False, output: str | Path | None = None) -> CheckReport:
+    """Check every audio file under `samples` against the dataset in `data_dir`. Verdicts go to the
+    report.json of each `housebox sample` folder; those of other audio files to `output`/report.json
+    (default `DATA/checks/`), keyed by their full path, never into the folders that hold them."""
     folders = find_samples(samples)
     checker = OriginalityChecker(data_dir, config, progress)
-    results = []
+    results, elsewhere = [], []
     for folder, names in folders.items():
+        sample_folder = "settings" in _read_json(folder / "report.json")
         for r in checker.check_folder(folder, names):
             results.append(replace(r, sample=str(folder / r.sample)))
-    return CheckReport(data_dir=str(data_dir), samples=tuple(results), config=config)
+            if not sample_folder:
+                elsewhere.append(replace(r, sample=str((folder / r.sample).resolve())))
+    written = []
+    if elsewhere:
+        out = Path(output) if output is not None else Path(data_dir) / "checks"
+        out.mkdir(parents=True, exist_ok=True)
+        _record(out, _read_json(out / "report.json"), elsewhere, checker)
+        written.append(str(out / "report.json"))
+    return CheckReport(data_dir=str(data_dir), samples=tuple(results), config=config,
+                       tracks=checker.track_names(results), written=tuple(written))
 
 
-def best_match(s: SampleOriginality) -> str:
+def best_match(s: SampleOriginality, tracks: dict[str, dict] | None = None) -> str:
     """The strongest evidence of one sample, in words: the detector that fired (audio, then melody, then
     codes), else the longest audio match."""
     order = [d for d in ("audio", "melody", "codes") if d in s.fired] + ["audio", "melody", "codes"]
     for detector in order:
         if detector == "audio" and s.matches:
             m = s.matches[0]
-            return f"audio: {m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s)"
+            return f"audio: {_track(m, tracks)} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s)"
         if detector == "melody" and s.melody_matches and detector in s.fired:
             m = s.melody_matches[0]
-            return (f"melody: {m.artist} {m.track_id} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s, "
+            return (f"melody: {_track(m, tracks)} at {m.track_start:.1f} s (sample {m.sample_start:.1f} s, "
                     f"{m.semitones:+d} st, {m.tempo:.2f}x, {m.seconds:.1f} s)")
         if detector == "codes" and s.code_runs:
             r = max(s.code_runs, key=lambda r: r.seconds)
-            return f"codes l{r.level}: {r.artist} {r.track_id} at {r.track_start:.1f} s"
+            return f"codes l{r.level}: {_track(r, tracks)} at {r.track_start:.1f} s"
     return ""
+
+
+def _track(match, tracks: dict[str, dict] | None) -> str:
+    """'artist file.wav (id)' where the file is known, else 'artist id'."""
+    known = (tracks or {}).get(match.track_id)
+    return f"{match.artist} {known['file']} ({match.track_id})" if known else f"{match.artist} {match.track_id}"
 
 
 def format_table(report: CheckReport) -> str:
@@ -235,7 +264,7 @@ def format_table(report: CheckReport) -> str:
         code = "not checked" if s.longest_code_seconds is None else f"{s.longest_code_seconds:.2f}s"
         melody = "not checked" if s.longest_melody_seconds is None else f"{s.longest_melody_seconds:.2f}s"
         lines.append(f"{name:<40} {verdict:<20} {s.matched_seconds:>7.1f}s {s.longest_match_seconds:>7.1f}s "
-                     f"{melody:>11} {code:>11}  {best_match(s)}")
+                     f"{melody:>11} {code:>11}  {best_match(s, report.tracks)}")
     for detector, what in (("melody", "melody"), ("codes", "verbatim codes")):
         statuses = [s.detectors.get(detector, "") for s in report.samples]
         for status in sorted({st for st in statuses if "not checked" in st}):
@@ -243,6 +272,8 @@ def format_table(report: CheckReport) -> str:
     counts = {v: sum(s.verdict == v for s in report.samples) for v in VERDICTS}
     lines.append(", ".join(f"{n} {v}" for v, n in counts.items()) + f" (against {report.data_dir})")
     lines.append("melody and codes: seconds beyond what different training tracks already share")
+    for path in report.written:
+        lines.append(f"verdicts of audio outside `housebox sample` folders: {path}")
     return "\n".join(lines)
 
 

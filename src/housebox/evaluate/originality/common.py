@@ -223,3 +223,5 @@ class CheckReport:
     data_dir: str
     samples: tuple[SampleOriginality, ...]
     config: OriginalityConfig = field(default_factory=OriginalityConfig)
+    tracks: dict[str, dict] = field(default_factory=dict)  # id -> {"file", "artist"} of the tracks named
+    written: tuple[str, ...] = ()  # report.json files written outside sample folders
