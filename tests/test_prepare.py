@@ -220,3 +220,36 @@ def test_symlinked_artist_folders_are_followed_once(tmp_path):
     report = prepare(src, tmp_path / "data", PrepareSettings(sample_rate=SR, min_seconds=1.0), progress=False)
     rows = read_manifest(tmp_path / "data")
     assert len(report.prepared) == 2 and sorted(r["artist"] for r in rows) == ["Alice", "Bob"]
+
+
+def test_new_labels_relabel_tracks_already_present_without_decoding(tmp_path, monkeypatch, capsys):
+    """Re-running prepare with a --labels CSV re-applies the labels to tracks already prepared (no decoding),
+    keeps every vocabulary id, and the CLI prints per artist where the names came from."""
+    import housebox.data.prepare as prep
+
+    src, data = tmp_path / "src", tmp_path / "data"
+    write(src / "A/house/one.wav", music_like(3.0, SR, seed=1), SR)
+    write(src / "A/house/two.wav", music_like(3.0, SR, seed=2), SR)
+    prepare(src, data, SETTINGS, progress=False)
+    before = json.loads((data / "labels.json").read_text())
+    (src / "labels.csv").write_text("path,artist,genre\nA/house/two.wav,Zed,garage\n")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a track already present was decoded again")
+
+    monkeypatch.setattr(prep, "load_audio", no_decoding)
+    report = prepare(src, data, SETTINGS, labels_csv=src / "labels.csv", progress=False)
+    rows = {os.path.basename(r["path"]): r for r in read_manifest(data)}
+    assert len(report.relabelled) == 1 and report.already_present == 2 and not report.prepared
+    assert (rows["two.wav"]["artist"], rows["two.wav"]["genres"], rows["two.wav"]["label_source"]) == (
+        "Zed", ["garage"], "csv")
+    assert (rows["one.wav"]["artist"], rows["one.wav"]["label_source"]) == ("A", "folders")
+    after = json.loads((data / "labels.json").read_text())
+    assert after["artists"][: len(before["artists"])] == before["artists"] and "Zed" in after["artists"]
+    assert report.artists == {"A": {"tracks": 1, "minutes": 0.05, "labels": {"folders": 1}},
+                              "Zed": {"tracks": 1, "minutes": 0.05, "labels": {"csv": 1}}}
+    monkeypatch.undo()
+    assert main(["prepare", str(src), "-o", str(data), "--sr", str(SR), "--min-seconds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Zed" not in printed.split("prepared")[0] and "1 relabelled" in printed  # without the CSV: folders again
+    assert "folders 2" in printed

@@ -28,11 +28,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     report = prepare(args.src, args.output, settings, labels_csv=args.labels, workers=args.workers)
+    print(f"{'artist':<32} {'tracks':>6} {'minutes':>8}  artist name from")
+    for artist, entry in report.artists.items():
+        sources = ", ".join(f"{where} {n}" for where, n in sorted(entry["labels"].items()))
+        print(f"{artist[:32]:<32} {entry['tracks']:>6} {entry['minutes']:>8.1f}  {sources}")
+    relabelled = f", {len(report.relabelled)} relabelled" if report.relabelled else ""
     print(
-        f"prepared {len(report.prepared)} new tracks ({report.already_present} already present, "
+        f"prepared {len(report.prepared)} new tracks ({report.already_present} already present{relabelled}, "
         f"{len(report.skipped)} skipped); dataset: {report.tracks} tracks, {report.seconds / 60:.1f} min "
         f"-> {args.output}"
     )
+    print("artist names come from the --labels CSV, then file tags, then the folder (ARTIST/GENRE/file)")
     if report.skipped:
         print(f"reasons for skipped files are in {Path(args.output) / 'report.json'}")
     return 0

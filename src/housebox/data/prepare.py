@@ -64,6 +64,32 @@ class PrepareReport:
     tracks: int = 0
     seconds: float = 0.0
     wall_seconds: float = 0.0
+    relabelled: list[str] = field(default_factory=list)  # tracks already present whose labels changed
+    # artist -> {"tracks", "minutes", "labels": {where the artist name came from: tracks}}
+    artists: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Present:
+    """A file already in the dataset (same sha256), with the labels it resolves to now."""
+
+    sha256: str
+    path: str  # resolved; only the file a row was prepared from relabels it (not a copy elsewhere)
+    artist: str
+    genres: tuple[str, ...]
+    source: str
+
+
+def artist_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per artist: tracks, minutes, and where its name came from (csv, tags, folders, none)."""
+    summary: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["artist"]):
+        entry = summary.setdefault(row["artist"], {"tracks": 0, "minutes": 0.0, "labels": {}})
+        entry["tracks"] += 1
+        entry["minutes"] = round(entry["minutes"] + row["seconds"] / 60, 2)
+        source = row.get("label_source", "unknown")
+        entry["labels"][source] = entry["labels"].get(source, 0) + 1
+    return summary
 
 
 # ---- manifest -------------------------------------------------------------------------------
@@ -169,8 +195,9 @@ def _draw(track_id: str, settings: PrepareSettings) -> float:
 
 
 def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettings, known: frozenset[str],
-                 table: LabelCsv | None) -> dict | Skipped | str:
-    """Prepare one file: a manifest row, a Skipped, or the sha256 of a file already in the dataset."""
+                 table: LabelCsv | None) -> dict | Skipped | Present:
+    """Prepare one file: a manifest row, a Skipped, or a file already in the dataset with its labels now
+    (so a new --labels CSV or retagged files relabel it without decoding it again)."""
     from housebox.audio.vocals import VocalRemovalError
 
     if not file.is_file():  # a FIFO, socket or device named *.wav would block or never end when read
@@ -178,7 +205,8 @@ def process_file(file: Path, root: Path, data_dir: Path, settings: PrepareSettin
     try:
         sha = sha256_of(file)
         if sha in known:
-            return sha
+            labels = resolve_labels(file, root, table)
+            return Present(sha, str(file.resolve()), labels.artist, tuple(labels.genres), labels.source)
         info = probe(file)
         if info.seconds is not None and info.seconds > settings.max_seconds:
             return Skipped(str(file), f"too long ({info.seconds:.0f} s > --max-seconds {settings.max_seconds:g})")
@@ -345,9 +373,16 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
     files, other = find_files(source)
     report = PrepareReport(source=str(source.resolve()), settings=asdict(settings), ignored=[str(p) for p in other])
 
-    def handle(result: dict | Skipped | str, manifest) -> None:
-        if isinstance(result, str):
+    by_sha = {r["sha256"]: r for r in rows}
+
+    def handle(result: dict | Skipped | Present, manifest) -> None:
+        if isinstance(result, Present):
             report.already_present += 1
+            row = by_sha[result.sha256]
+            now = {"artist": result.artist, "genres": list(result.genres), "label_source": result.source}
+            if row.get("path") == result.path and any(row.get(k) != v for k, v in now.items()):
+                row.update(now)
+                report.relabelled.append(row["id"])
         elif isinstance(result, Skipped):
             report.skipped.append(result)
             tqdm.write(f"skipped {result.path}: {result.reason}")
@@ -383,6 +418,7 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
     vocab.save(data_dir / LABELS)
     report.tracks = len(rows)
     report.seconds = round(sum(r["seconds"] for r in rows), 2)
+    report.artists = artist_summary(rows)
     report.wall_seconds = round(time.time() - started, 2)
     write_report(data_dir / REPORT, report)
     return report
