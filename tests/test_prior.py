@@ -225,3 +225,13 @@ def test_prime_continue_and_upsample_only(run_dir, demo_data, tmp_path):
     assert main([*base, "--levels", "1", "-o", str(tmp_path / "top")]) == 0
     report = json.loads((tmp_path / "top" / "report.json").read_text())
     assert report["levels_generated"] == [2] and report["decoded_from_level"] == 2
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero(monkeypatch, capsys):
+    from housebox.cli import main
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    assert main(["sample", "/nonexistent", "--threads", "3"]) == 2 and seen[-1] == 3
+    assert main(["sample", "/nonexistent", "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
