@@ -379,7 +379,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         genres = tuple(Counter(g for r in mine for g in r["genres"]).most_common(1)[0][0:1])
         settings = SampleSettings(artist=artist, genres=genres, seconds=seconds, n=per_artist, seed=seed + i,
                                   temperature=temperature)
-        generation = generate(run, settings, progress=progress)
+        generation = generate(run, settings, progress=progress, label=f"{artist}, generated")
         samples_dir = out_dir / "samples" / _slug(artist)
         write_outputs(samples_dir, generation, settings, run)
         training_audio = [piece_audio(data_dir, p, top_hop)
@@ -486,7 +486,8 @@ def _measure_stages(run: Run, upsampled_runs: dict[str, Run], data_dir: Path, pi
         grids = [_piece_grid(data_dir, p, top_hop / sr) for p in group]
         beats = grids if run.clocked and all(g is not None for g in grids) else None  # each piece's own grid
         for stage, variant in upsampled_runs.items():
-            outputs[stage] = generate(variant, settings, progress=progress, top_codes=top_codes, beats=beats).audio
+            outputs[stage] = generate(variant, settings, progress=progress, top_codes=top_codes, beats=beats,
+                                      label=f"{artist}, stage {stage}").audio
         for stage, audio in outputs.items():
             for piece, one in zip(group, audio):
                 measured.setdefault(stage, {}).setdefault(artist, Measured()).add(

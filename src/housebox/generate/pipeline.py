@@ -200,8 +200,10 @@ def level_beats(run: Run, grids: list | None, level: int, n_tokens: int) -> Tens
 
 def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings: SampleSettings,
              generator: torch.Generator, prime: Tensor | None = None, progress: bool = True,
-             grids: list | None = None) -> Tensor:
-    """Codes at `level` from the codes of `level + 1`: LongTensor[n x N] -> LongTensor[n x N * ratio]."""
+             grids: list | None = None, label: str = "") -> Tensor:
+    """Codes at `level` from the codes of `level + 1`: LongTensor[n x N] -> LongTensor[n x N * ratio].
+    `label` names the work in the progress bar (e.g. an artist and an evaluation stage)."""
+    lead = f"{label}: " if label else ""
     prior = run.priors[level]
     n_tokens = codes_above.shape[1] * prior.config.upper_ratio
     if prior.config.masked:
@@ -209,12 +211,12 @@ def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings
                              beats=level_beats(run, grids, level, n_tokens), steps=settings.upsample_steps,
                              temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                              cfg_scale=settings.cfg_scale, hop_fraction=settings.upsample_hop, generator=generator,
-                             progress=progress, desc=f"level {level} (masked, {settings.upsample_steps} passes)")
+                             progress=progress, desc=f"{lead}level {level} (masked, {settings.upsample_steps} passes)")
     return sample_codes(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
                         beats=level_beats(run, grids, level, n_tokens),
                         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                         cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction, generator=generator,
-                        progress=progress, desc=f"level {level}")
+                        progress=progress, desc=f"{lead}level {level}")
 
 
 @torch.inference_mode()
@@ -267,12 +269,13 @@ def load_codes_file(path: str | Path, n: int) -> dict[int, Tensor]:
 
 
 def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_codes: Tensor | None = None,
-             beats: list | None = None) -> Generation:
+             beats: list | None = None, label: str = "") -> Generation:
     """Sample `settings.n` tracks: top-level codes, then upsampling down to the lowest level, then audio.
 
     `top_codes` LongTensor[n x N] replaces the top level's sampling: the upsamplers fill the finer levels
     from those codes (evaluation upsamples true codes this way). `beats` (one BeatGrid per sample) sets
-    the beat clock; by default it runs at `settings.bpm` or the artist's median tempo."""
+    the beat clock; by default it runs at `settings.bpm` or the artist's median tempo. `label` names the
+    work in the progress bars."""
     started = time.time()
     config = run.vqvae.config
     device = next(run.vqvae.parameters()).device
@@ -313,10 +316,11 @@ def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_c
                                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                                       cfg_scale=settings.cfg_scale, beat_guidance=settings.beat_guidance,
                                       hop_fraction=settings.hop_fraction, generator=generator, progress=progress,
-                                      desc=f"level {top}")
+                                      desc=f"{label}: level {top}" if label else f"level {top}")
         else:
             prime = primes.get(level) if not settings.upsample_only else None
-            codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress, grids)
+            codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress, grids,
+                                    label)
         rates[level] = codes[level].numel() / max(1e-9, time.time() - tick)
     lowest = levels[-1]
     audio = decode(run.vqvae, codes[lowest], lowest)
