@@ -63,7 +63,7 @@ def wait_done(server, job_id: str, timeout: float = 60.0) -> dict:
     while time.time() < deadline:
         status, job = call(server, "GET", f"/api/jobs/{job_id}?wait=5&version={version}")
         assert status == 200
-        if job["state"] in ("done", "failed"):
+        if job["state"] in ("done", "failed", "cancelled"):
             return job
         version = job["version"]
     raise AssertionError(f"job {job_id} not done after {timeout} s")
@@ -117,6 +117,10 @@ def test_nothing_outside_the_samples_folder_is_served(server, path):
     ({"bpm": 5}, "bpm must be between 20 and 400"),
     ({"bpm": "fast"}, "bpm must be a number"),
     ({"prime": "../../etc/passwd"}, "no such upload"),
+    ({"top_k": -1}, "top_k must be 0"),
+    ({"top_p": 0}, "top_p must be above 0"),
+    ({"cfg_scale": 11}, "cfg_scale must be between 0 and 10"),
+    ({"beat_guidance": "hard"}, "beat_guidance must be a number"),
 ])
 def test_bad_generate_requests_get_400_with_a_message(server, fields, message):
     request = {"artist": "Dawn Atlas", "seconds": 1, **fields}
@@ -233,6 +237,35 @@ def test_job_queue_runs_one_job_at_a_time_and_refuses_when_full():
     finally:
         release.set()
         jobs.close()
+
+
+def test_jobs_report_tokens_can_be_cancelled_and_stop_at_the_time_limit(server, run_dir, tmp_path):
+    """A running job reports the tokens it has sampled; a queued or running job is cancelled on request; a
+    job past the server's time limit stops at its next sampling step; finished jobs are not kept forever."""
+    first = generate(server, artist="Dawn Atlas", seconds=4, n=2, seed=1, top_k=40, top_p=0.9, cfg_scale=1.5,
+                     beat_guidance=2)
+    second = generate(server, artist="Dawn Atlas", seconds=4, n=2, seed=2)
+    status, cancelled = call(server, "POST", f"/api/jobs/{second['job']}/cancel", b"", JSON)
+    assert status == 200 and cancelled["state"] in ("cancelled", "running")
+    assert wait_done(server, second["job"])["state"] == "cancelled"
+    done = wait_done(server, first["job"])
+    assert done["state"] == "done" and done["progress"]["done"] == done["progress"]["total"] == 2 * 500
+    assert done["progress"]["what"] == "level 2, 2 tracks"
+    report = json.loads((server.app.samples_dir / done["folder"] / "report.json").read_text())
+    assert {k: report["settings"][k] for k in ("top_k", "top_p", "cfg_scale", "beat_guidance")} == {
+        "top_k": 40, "top_p": 0.9, "cfg_scale": 1.5, "beat_guidance": 2.0}
+    status, body = call(server, "POST", "/api/jobs/nope/cancel", b"", JSON)
+    assert status == 404
+
+    strict = start_server(run_dir, ServerSettings(port=0, samples_dir=str(tmp_path), max_seconds=4.0,
+                                                  max_job_seconds=0.0, keep_jobs=1))
+    try:
+        jobs = [generate(strict, artist="Dawn Atlas", seconds=1, seed=s) for s in range(2)]
+        stopped = [wait_done(strict, j["job"]) for j in jobs[1:]]
+        assert stopped[0]["state"] == "cancelled" and "limit of 0 s" in stopped[0]["error"]
+        assert list(strict.app.jobs._jobs) == [jobs[1]["job"]]  # keep_jobs=1: the older one is forgotten
+    finally:
+        strict.stop()
 
 
 def chromium() -> str:

@@ -7,7 +7,9 @@ Plain functions with explicit arguments and an explicit `torch.Generator`: same 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -35,11 +37,43 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     return logits
 
 
-def _bar(n_tokens: int, known: int, batch: int, desc: str, progress: bool) -> tqdm:
-    """One progress bar for the codes of every track: one speed (tokens of all tracks a second) and an ETA."""
-    label = f"{desc}, {batch} tracks" if batch > 1 else desc
-    return tqdm(total=n_tokens * batch, initial=known * batch, desc=label, unit="tok", unit_scale=False,
-                disable=not progress, dynamic_ncols=True)
+class Cancelled(RuntimeError):
+    """Raised inside sampling by a watcher (see `watched`): the job was cancelled or ran out of time."""
+
+
+_WATCHER: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("housebox_sampling_watcher", default=None)
+
+
+@contextmanager
+def watched(watcher: Callable[[str, int, int], None]):
+    """Within the block, every step of sampling calls `watcher(what, tokens done, tokens in all)`, whether or
+    not a bar is shown; it may raise `Cancelled` to stop the sampling (the web server's cancel and time limit)."""
+    token = _WATCHER.set(watcher)
+    try:
+        yield
+    finally:
+        _WATCHER.reset(token)
+
+
+class _Progress:
+    """A tqdm bar for the codes of every track (one speed: tokens of all tracks a second, and an ETA) that
+    also reports each step to the watcher, shown or not."""
+
+    def __init__(self, n_tokens: int, known: int, batch: int, desc: str, progress: bool):
+        self.what = f"{desc}, {batch} tracks" if batch > 1 else desc
+        self.done, self.total = known * batch, n_tokens * batch
+        self.bar = tqdm(total=self.total, initial=self.done, desc=self.what, unit="tok", disable=not progress,
+                        dynamic_ncols=True)
+        self.watcher = _WATCHER.get()
+
+    def update(self, tokens: int) -> None:
+        self.done += tokens
+        self.bar.update(tokens)
+        if self.watcher is not None:
+            self.watcher(self.what, self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def draw(logits: Tensor, uniform: Tensor) -> Tensor:
@@ -193,7 +227,7 @@ def _sample_codes(
     copies = 1 + len(scales)
     step = _window_step(prior, hop_fraction)
     generator = generator or torch.Generator().manual_seed(0)
-    bar = _bar(n_tokens, known, b, desc, progress)
+    bar = _Progress(n_tokens, known, b, desc, progress)
     start = 0
     while known < n_tokens:
         while known - start >= config.n_ctx:  # a long prime: slide until the frontier is inside the window
@@ -290,7 +324,7 @@ def _sample_masked(
     copies = 1 + len(scales)
     step = _window_step(prior, hop_fraction)
     generator = generator or torch.Generator().manual_seed(0)
-    bar = _bar(n_tokens, known, b, desc, progress)
+    bar = _Progress(n_tokens, known, b, desc, progress)
     start = 0
     while known < n_tokens:
         while known - start >= n:  # a long prime: slide until the frontier is inside the window

@@ -10,8 +10,11 @@ only its static page and the files inside the samples folder: paths that resolve
     GET  /api/info                 the run's artists, genres and limits
     GET  /api/samples[/NAME]       earlier sample folders, newest first (or one), with verdicts
     POST /api/upload?name=F.wav    a prime clip as the raw request body -> {"upload": ID}
-    POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime, bpm} -> {"job": ID}
-    GET  /api/jobs/ID?wait=S       a job's state: queued (position), running, checking, done, failed
+    POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime, bpm, top_k, top_p,
+                                   cfg_scale, beat_guidance} -> {"job": ID}
+    GET  /api/jobs/ID?wait=S       a job's state: queued (position), running (tokens done), checking, done,
+                                   failed, cancelled
+    POST /api/jobs/ID/cancel       stop it (a running one at its next step); jobs also stop at max_job_seconds
     GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html)
 
 Other web pages the user visits must not drive it: every request must name this server in its Host
@@ -65,6 +68,8 @@ class ServerSettings:
     max_upload_seconds: float = 600.0  # decoded length of a prime clip (bytes alone do not bound it)
     upload_days: float = 1.0  # uploads older than this are deleted
     max_queue: int = 8  # jobs waiting; more get 503
+    max_job_seconds: float = 1800.0  # a generation running longer is stopped
+    keep_jobs: int = 100  # finished jobs remembered (older ones are forgotten)
     check: bool = True  # originality check after each generation
     long_poll_seconds: float = 10.0
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback ones (bound elsewhere only)
@@ -78,19 +83,24 @@ class Job:
     id: str
     settings: object  # housebox.generate.pipeline.SampleSettings
     created: float = field(default_factory=time.time)
-    state: str = "queued"  # queued | running | checking | done | failed
+    state: str = "queued"  # queued | running | checking | done | failed | cancelled
     started: float | None = None
     finished: float | None = None
     folder: str | None = None
     error: str | None = None
     version: int = 0  # bumped on every change, for long polling
+    cancel: bool = False  # asked to stop
+    progress: dict = field(default_factory=dict)  # {"what", "done", "total"}: tokens of the sampling now running
 
 
 class JobQueue:
     """Generation jobs run one at a time by a single worker thread; `status` can wait for a change."""
 
-    def __init__(self, work, max_queue: int):
+    FINISHED = ("done", "failed", "cancelled")
+
+    def __init__(self, work, max_queue: int, keep: int = 100):
         self._work = work  # Job -> None; sets job.folder, may raise
+        self._keep = keep
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._jobs: dict[str, Job] = {}
         self._order: list[str] = []
@@ -118,7 +128,7 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            while job.version <= seen_version and job.state not in ("done", "failed") and time.time() < deadline:
+            while job.version <= seen_version and job.state not in self.FINISHED and time.time() < deadline:
                 self._changed.wait(timeout=deadline - time.time())
             return self._describe(job)
 
@@ -128,21 +138,62 @@ class JobQueue:
         return {"job": job.id, "state": job.state, "version": job.version, "folder": job.folder, "error": job.error,
                 "position": queued.index(job.id) + 1 if job.id in queued else 0,
                 "elapsed": round((job.finished or now) - (job.started or now), 1),
-                "seconds": job.settings.seconds, "n": job.settings.n}
+                "seconds": job.settings.seconds, "n": job.settings.n, "progress": dict(job.progress)}
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Stop a job: a queued one at once, a running one at its next sampling step (its state says when)."""
+        with self._changed:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.state not in self.FINISHED:
+                job.cancel = True
+                if job.state == "queued":
+                    job.state, job.finished, job.error = "cancelled", time.time(), "cancelled before it started"
+                job.version += 1
+                self._changed.notify_all()
+            return self._describe(job)
+
+    def report_progress(self, job: Job, what: str, done: int, total: int) -> None:
+        """Record a running job's tokens (a new version at most every half second, for long polling)."""
+        with self._changed:
+            last = job.progress.get("at", 0.0)
+            job.progress.update(what=what, done=done, total=total)
+            if time.time() - last > 0.5 or done == total:
+                job.progress["at"] = time.time()
+                job.version += 1
+                self._changed.notify_all()
+
+    def _forget_old(self) -> None:
+        """Forget the oldest finished jobs beyond `keep` (called holding the lock)."""
+        finished = [j for j in self._order if self._jobs[j].state in self.FINISHED]
+        for job_id in finished[: max(0, len(finished) - self._keep)]:
+            self._order.remove(job_id)
+            del self._jobs[job_id]
 
     def _update(self, job: Job, **changes) -> None:
         with self._changed:
             for key, value in changes.items():
                 setattr(job, key, value)
             job.version += 1
+            if job.state in self.FINISHED:
+                self._forget_old()
             self._changed.notify_all()
 
     def _loop(self) -> None:
+        from housebox.generate.sampling import Cancelled
+
         while (job := self._queue.get()) is not None:
+            with self._changed:
+                if job.state == "cancelled":
+                    self._forget_old()
+                    continue
             self._update(job, state="running", started=time.time())
             try:
                 self._work(job, lambda state: self._update(job, state=state))
                 self._update(job, state="done", finished=time.time())
+            except Cancelled as err:
+                self._update(job, state="cancelled", finished=time.time(), error=str(err))
             except Exception as err:  # a failed job must not stop the worker
                 message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
                 self._update(job, state="failed", finished=time.time(), error=message)
@@ -167,14 +218,25 @@ class App:
         (self.samples_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
         self._checker = None
         self._checker_problem: str | None = None
-        self.jobs = JobQueue(self._generate, settings.max_queue)
+        self.jobs = JobQueue(self._generate, settings.max_queue, settings.keep_jobs)
 
     # -- work done by the worker thread --
 
     def _generate(self, job: Job, set_state) -> None:
         from housebox.generate.pipeline import generate, write_outputs
+        from housebox.generate.sampling import Cancelled, watched
 
-        generation = generate(self.run, job.settings, progress=False)
+        limit = self.settings.max_job_seconds
+
+        def watch(what: str, done: int, total: int) -> None:
+            if job.cancel:
+                raise Cancelled("cancelled")
+            if time.time() - (job.started or time.time()) > limit:
+                raise Cancelled(f"stopped: longer than the server's limit of {limit:g} s a job")
+            self.jobs.report_progress(job, what, done, total)
+
+        with watched(watch):
+            generation = generate(self.run, job.settings, progress=False)
         folder = time.strftime("%Y%m%d-%H%M%S-") + job.id
         write_outputs(self.samples_dir / folder, generation, job.settings, self.run)
         job.folder = folder
@@ -230,12 +292,23 @@ class App:
             raise RequestError(f"n must be 1..{self.settings.max_tracks}, got {n}")
         seed = body.get("seed")
         seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number(body, "seed", 0))
+        top_k = int(_number(body, "top_k", 0))
+        if not 0 <= top_k <= 1_000_000:
+            raise RequestError(f"top_k must be 0 (off) or a number of codes, got {top_k}")
+        top_p = _number(body, "top_p", 1.0)
+        if not 0 < top_p <= 1:
+            raise RequestError(f"top_p must be above 0 and at most 1 (1: off), got {top_p:g}")
+        guidance = {}
+        for key, default in (("cfg_scale", 1.0), ("beat_guidance", 3.0)):
+            guidance[key] = _number(body, key, default)
+            if not 0 <= guidance[key] <= 10:
+                raise RequestError(f"{key} must be between 0 and 10 (1: off), got {guidance[key]:g}")
         prime = body.get("prime") or None
         if prime is not None and (not isinstance(prime, str) or not UPLOAD_NAME.match(prime)
                                   or not (self.samples_dir / UPLOADS / prime).is_file()):
             raise RequestError("prime: no such upload (upload the clip first)")
         return SampleSettings(artist=artist, genres=tuple(g.lower() for g in genres), seconds=seconds, n=n,
-                              temperature=temperature, seed=seed, bpm=bpm,
+                              temperature=temperature, seed=seed, bpm=bpm, top_k=top_k, top_p=top_p, **guidance,
                               prime=str(self.samples_dir / UPLOADS / prime) if prime else None)
 
     def save_upload(self, name: str, data: bytes) -> dict:
@@ -434,6 +507,11 @@ class Handler(BaseHTTPRequestHandler):
             found = app.resolve_sample_file(unquote(path[len("/samples/"):]))
             if found is not None:
                 return self._file(found)
+        elif method == "POST" and path.startswith("/api/jobs/") and path.endswith("/cancel"):
+            status = app.jobs.cancel(path[len("/api/jobs/"):-len("/cancel")])
+            if status is None:
+                raise RequestError("no such job", HTTPStatus.NOT_FOUND)
+            return self._json(status)
         elif method == "POST" and path == "/api/upload":
             name = query.get("name", ["clip.wav"])[0]
             return self._json(app.save_upload(name, self._body(app.settings.max_upload_bytes, "upload")))

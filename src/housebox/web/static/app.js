@@ -89,14 +89,26 @@ async function uploadPrime() {
   return upload;
 }
 
+function describe(status) {
+  if (status.state === "queued") return `Queued (position ${status.position})…`;
+  if (status.state === "checking") return `Checking originality… ${status.elapsed} s`;
+  const p = status.progress || {};
+  const tokens = p.total ? ` ${p.what}: ${p.done} / ${p.total} tokens (${Math.floor(100 * p.done / p.total)}%),` : "";
+  return `Generating ${status.n} × ${status.seconds} s…${tokens} ${status.elapsed} s`;
+}
+
 async function waitFor(job) {
   let status = job;
-  while (status.state !== "done" && status.state !== "failed") {
-    const text = status.state === "queued" ? `Queued (position ${status.position})…`
-      : status.state === "checking" ? `Checking originality… ${status.elapsed} s`
-      : `Generating ${status.n} × ${status.seconds} s… ${status.elapsed} s`;
-    setStatus(text, status.state);
-    status = await api(`/api/jobs/${status.job}?wait=5&version=${status.version}`);
+  const cancel = $("cancel");
+  cancel.hidden = false;
+  cancel.onclick = () => api(`/api/jobs/${job.job}/cancel`, { method: "POST" }).catch(() => {});
+  try {
+    while (!["done", "failed", "cancelled"].includes(status.state)) {
+      setStatus(describe(status), status.state);
+      status = await api(`/api/jobs/${status.job}?wait=5&version=${status.version}`);
+    }
+  } finally {
+    cancel.hidden = true;
   }
   return status;
 }
@@ -114,6 +126,10 @@ async function generate(event) {
       temperature: parseFloat($("temperature").value),
       bpm: $("bpm").value === "" ? null : parseFloat($("bpm").value),
       seed: $("seed").value === "" ? null : parseInt($("seed").value, 10),
+      top_k: parseInt($("top_k").value || "0", 10),
+      top_p: parseFloat($("top_p").value || "1"),
+      cfg_scale: parseFloat($("cfg_scale").value || "1"),
+      beat_guidance: parseFloat($("beat_guidance").value || "3"),
       prime: await uploadPrime(),
     };
     const job = await api("/api/generate", {
@@ -121,6 +137,10 @@ async function generate(event) {
     });
     const done = await waitFor(job);
     if (done.state === "failed") throw new Error(`generation failed: ${done.error}`);
+    if (done.state === "cancelled") {
+      setStatus(`Cancelled (${done.error}).`, "cancelled");
+      return;
+    }
     setStatus(`Done in ${done.elapsed} s.`, "done");
     showSample(await api(`/api/samples/${encodeURIComponent(done.folder)}`));
     await refreshList();
@@ -136,13 +156,16 @@ async function start() {
   const info = await api("/api/info");
   $("run-name").textContent = `run ${info.run} · ${info.sample_rate} Hz · at most ${info.max_seconds} s a track`;
   info.artists.forEach((name) => option($("artist"), name));
+  const named = info.artists.find((name) => name !== "unknown");  // a real artist first, not "unknown"
+  if (named) $("artist").value = named;
   option($("genre"), "");
   info.genres.forEach((name) => option($("genre"), name));
   $("seconds").max = info.max_seconds;
   $("generate-form").addEventListener("submit", generate);
   // ?artist=&genre=&seconds=&temperature=&seed= fill the form; &auto=1 submits it; ?show=NAME shows a sample
   const params = new URLSearchParams(window.location.search);
-  for (const key of ["artist", "genre", "seconds", "temperature", "seed"]) {
+  for (const key of ["artist", "genre", "seconds", "temperature", "seed", "top_k", "top_p", "cfg_scale",
+                     "beat_guidance"]) {
     if (params.has(key)) $(key).value = params.get(key);
   }
   const samples = await refreshList();
