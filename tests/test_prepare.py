@@ -253,3 +253,29 @@ def test_new_labels_relabel_tracks_already_present_without_decoding(tmp_path, mo
     printed = capsys.readouterr().out
     assert "Zed" not in printed.split("prepared")[0] and "1 relabelled" in printed  # without the CSV: folders again
     assert "folders 2" in printed
+
+
+_PROCESS_FILE = prepare.__globals__["process_file"]  # the real one, before any test patches the module
+
+
+def _dies_on_t1(file, *args):
+    """process_file, except that t1.wav ends its process as SIGKILL would (no cleanup, no exception)."""
+    if file.name == "t1.wav":
+        os._exit(9)
+    return _PROCESS_FILE(file, *args)
+
+
+def test_a_worker_killed_mid_file_skips_that_file_and_the_run_goes_on(tmp_path, monkeypatch):
+    """The OOM killer ends a worker: the pool breaks, the rest is prepared one file a process, and only the
+    file that kills its process again is skipped (forked workers see the patched function)."""
+    import housebox.data.prepare as prep
+
+    src = tmp_path / "src"
+    for i in range(4):
+        write(src / f"t{i}.wav", music_like(2.0, SR, seed=10 + i), SR)
+    monkeypatch.setattr(prep, "process_file", _dies_on_t1)
+    report = prepare(src, tmp_path / "data", PrepareSettings(sample_rate=SR, min_seconds=1.0), workers=2,
+                     progress=False)
+    assert sorted(os.path.basename(r["path"]) for r in read_manifest(tmp_path / "data")) == ["t0.wav", "t2.wav",
+                                                                                           "t3.wav"]
+    assert [(os.path.basename(s.path), s.reason) for s in report.skipped] == [("t1.wav", prep.WORKER_DIED)]

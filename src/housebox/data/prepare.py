@@ -403,11 +403,9 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
                 handle(process_file(file, *args), manifest)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(process_file, file, *args) for file in files]
-                for future in futures:
-                    handle(future.result(), manifest)
-                    bar.update()
+            for result in _process_in_pool(files, args, workers):
+                handle(result, manifest)
+                bar.update()
     bar.close()
 
     backfill_beat_grids(data_dir, rows, report, workers, progress)
@@ -422,6 +420,34 @@ def prepare(source: str | Path, data_dir: str | Path, settings: PrepareSettings 
     report.wall_seconds = round(time.time() - started, 2)
     write_report(data_dir / REPORT, report)
     return report
+
+
+WORKER_DIED = "the worker process died while preparing it (out of memory? lower --max-seconds or --workers)"
+
+
+def _process_in_pool(files: list[Path], args: tuple, workers: int):
+    """`process_file` over `files` in a process pool, results in file order. A worker killed (the OOM killer)
+    breaks the pool: the files it left unfinished are then prepared one by one, each in a fresh process,
+    and the one that kills its process again is skipped with WORKER_DIED; the run goes on."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(process_file, file, *args) for file in files]
+            for future in futures:
+                result = future.result()
+                done += 1
+                yield result
+    except BrokenProcessPool:
+        for file in files[done:]:
+            try:
+                with ProcessPoolExecutor(max_workers=1) as alone:
+                    result = alone.submit(process_file, file, *args).result()
+            except BrokenProcessPool:
+                tqdm.write(f"skipped {file}: {WORKER_DIED}")
+                result = Skipped(str(file), WORKER_DIED)
+            yield result
 
 
 def assign_splits(rows: list[dict], settings: PrepareSettings) -> list[dict]:
