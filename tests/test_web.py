@@ -167,6 +167,21 @@ def test_uploads_are_bounded_by_length_and_forgotten(server, tmp_path):
     assert status == 200 and all(s["name"] != "odd name!" for s in body["samples"])
 
 
+def test_audio_files_answer_byte_ranges_so_the_browser_can_seek(server):
+    job = wait_done(server, generate(server, artist="South Lane", seconds=1, seed=5)["job"])
+    path = f"/samples/{job['folder']}/sample_000.wav"
+    status, whole = call(server, "GET", path)
+    assert status == 200 and whole[:4] == b"RIFF"
+    for header, expected in (("bytes=0-3", whole[:4]), ("bytes=100-", whole[100:]), ("bytes=-10", whole[-10:]),
+                             (f"bytes=10-{10 ** 9}", whole[10:])):
+        status, part = call(server, "GET", path, headers={"Range": header})
+        assert status == 206 and part == expected, header
+    status, _ = call(server, "GET", path, headers={"Range": f"bytes={len(whole)}-"})
+    assert status == 416
+    status, part = call(server, "GET", path, headers={"Range": "pages=1-2"})
+    assert status == 200 and part == whole  # a range we do not understand: the whole file
+
+
 def test_other_web_pages_cannot_drive_the_server(server):
     """DNS rebinding (a foreign Host) and cross-site requests (another Origin, a form's content type, a
     browser's cross-site mark) get 403 before anything runs; the page's own requests pass."""

@@ -383,6 +383,22 @@ class App:
         self.jobs.close()
 
 
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """`Range: bytes=a-b` (or a-, or -n: the last n) -> (first, last) inclusive; None without a usable single
+    range (the whole file is sent); "unsatisfiable" when it starts past the end."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    if match.group(1) == "":  # the last n bytes
+        n = int(match.group(2))
+        return (max(0, size - n), size - 1) if n > 0 and size > 0 else "unsatisfiable"
+    first = int(match.group(1))
+    last = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+    if first >= size:
+        return "unsatisfiable"
+    return (first, last) if last >= first else None
+
+
 def _number(body: dict, key: str, default: float) -> float:
     value = body.get(key, default)
     try:
@@ -550,14 +566,29 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _file(self, path: Path) -> None:
+        """The file, or the byte range the browser asks for (`Range: bytes=a-b`, so audio can seek)."""
         data = path.read_bytes()
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        self.send_response(HTTPStatus.OK)
+        wanted = _byte_range(self.headers.get("Range"), len(data))
+        if wanted == "unsatisfiable":
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        status, body = HTTPStatus.OK, data
+        if wanted is not None:
+            first, last = wanted
+            status, body = HTTPStatus.PARTIAL_CONTENT, data[first : last + 1]
+        self.send_response(status)
         self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if wanted is not None:
+            self.send_header("Content-Range", f"bytes {wanted[0]}-{wanted[1]}/{len(data)}")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(body)
 
 
 def make_server(app: App) -> ThreadingHTTPServer:
