@@ -167,6 +167,19 @@ def test_uploads_are_bounded_by_length_and_forgotten(server, tmp_path):
     assert status == 200 and all(s["name"] != "odd name!" for s in body["samples"])
 
 
+def test_samples_from_the_command_line_are_listed_by_the_page(run_dir, tmp_path):
+    """`housebox sample` without -o writes into RUN/samples, the folder `serve` lists by default."""
+    from housebox.cli import main
+
+    assert main(["sample", str(run_dir), "--artist", "Dawn Atlas", "--seconds", "1", "--device", "cpu"]) == 0
+    running = start_server(run_dir, ServerSettings(port=0))
+    try:
+        status, body = call(running, "GET", "/api/samples")
+        assert status == 200 and len(body["samples"]) == 1 and body["samples"][0]["artist"] == "Dawn Atlas"
+    finally:
+        running.stop()
+
+
 def test_audio_files_answer_byte_ranges_so_the_browser_can_seek(server):
     job = wait_done(server, generate(server, artist="South Lane", seconds=1, seed=5)["job"])
     path = f"/samples/{job['folder']}/sample_000.wav"

@@ -136,7 +136,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
     run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind)
-    out = Path(args.output or Path("samples") / time.strftime(f"{Path(args.run).name}-%Y%m%d-%H%M%S"))
+    out = Path(args.output or Path(args.run) / "samples" / time.strftime("%Y%m%d-%H%M%S"))  # where `serve` lists them
     generation = generate(run, settings)
     wavs = write_outputs(out, generation, settings, run)
     audio_seconds = generation.audio.shape[1] / generation.sample_rate
@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genre", action="append", help="genre to condition on (repeatable)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each track (default 10)")
     p.add_argument("-n", type=int, default=1, help="number of tracks (default 1)")
-    p.add_argument("-o", "--output", help="folder for the samples (default samples/RUN-TIMESTAMP)")
+    p.add_argument("-o", "--output", help="folder for the samples (default RUN/samples/TIMESTAMP, where the "
+                                          "`serve` page lists them)")
     p.add_argument("--prime", help="audio clip whose opening the tracks continue")
     p.add_argument("--prime-seconds", type=float, default=4.0, help="seconds of the prime to use (default 4)")
     p.add_argument("--continue", dest="continue_codes", help="codes.npz of an earlier sample to continue")
