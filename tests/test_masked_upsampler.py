@@ -12,7 +12,6 @@ import torch
 
 from conftest import TINY_UP, train_tiny_run
 from housebox.cli import main
-from housebox.generate import sampling
 from housebox.generate.sampling import sample_masked, unmask_schedule
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Conditioning, Prior, PriorConfig, mask_positions

@@ -216,8 +216,10 @@ def test_prime_continue_and_upsample_only(run_dir, demo_data, tmp_path):
 
     primed = np.load(tmp_path / "p" / "codes.npz")
     expected, _ = encode_prime(load_run(run_dir), tmp_path / "clip.wav", 1.0, 1)
-    assert np.array_equal(primed["l2"][0, :7], expected[2][0, :7].numpy())  # 1 s = 7 whole top tokens at hop 128
-    assert np.array_equal(primed["l0"][0, :7 * 16], expected[0][0, :7 * 16].numpy())  # primed at every level
+    for level, prime in expected.items():  # every primed token of every level, not a few
+        n = prime.shape[1]
+        assert n >= 0.9 * primed[f"l{level}"].shape[1] / 2  # one of the two seconds
+        assert np.array_equal(primed[f"l{level}"][0, :n], prime[0].numpy()), level
     assert main([*base, "--continue", str(tmp_path / "p" / "codes.npz"), "--upsample-only", "--seed", "5",
                  "-o", str(tmp_path / "u")]) == 0
     upsampled = np.load(tmp_path / "u" / "codes.npz")

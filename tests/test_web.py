@@ -321,3 +321,47 @@ def test_page_generates_a_sample_in_headless_chromium(server, tmp_path):
                     f"--screenshot={shot}", f"{server.url}/?show={folder}"],
                    capture_output=True, timeout=60)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_random_requests_never_crash_the_server(run_dir, tmp_path):
+    """Property: whatever method, path, headers and JSON body arrive, the answer is a clear 4xx/2xx/5xx-busy
+    with a JSON error, never a 500, and the server still answers afterwards (no job runs: queue of 0)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    running = start_server(run_dir, ServerSettings(port=0, samples_dir=str(tmp_path), max_seconds=4.0, max_queue=0))
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    containers = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=10), inner, max_size=4), max_leaves=12)
+    json_values = st.one_of(scalars, scalars, scalars, containers)  # a field of the wrong type, mostly
+    fields = st.fixed_dictionaries({}, optional={"artist": st.sampled_from(["Dawn Atlas", "unknown"]) | json_values,
+                                                 **{k: json_values for k in (
+        "genre", "seconds", "temperature", "seed", "n", "prime", "bpm", "top_k", "top_p", "cfg_scale",
+        "beat_guidance")}})
+    paths = st.sampled_from(["/api/generate", "/api/upload?name=a.wav", "/api/info", "/api/samples",
+                             "/api/samples/x", "/api/jobs/abc", "/api/jobs/abc/cancel", "/samples/../x", "/",
+                             "/static/app.js"]) | st.text(alphabet="/%.?=&abc019", max_size=30).map(lambda t: "/" + t)
+
+    generate_requests = st.tuples(st.just("POST"), st.just("/api/generate"), fields, st.just("application/json"))
+    other_requests = st.tuples(st.sampled_from(["GET", "POST"]), paths, fields | json_values,
+                               st.sampled_from(["application/json", "audio/wav", "", "text/plain; charset=utf-8"]))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(request=generate_requests | other_requests)
+    def one(request):
+        method, path, body, kind = request
+        headers = {"Content-Type": kind} if kind else {}
+        payload = json.dumps(body).encode() if method == "POST" else None
+        try:
+            status, answer = call(running, method, path, payload, headers)
+        except http.client.InvalidURL:
+            return  # http.client refuses to send it: nothing reached the server
+        assert status != 500, (method, path, body, answer)
+        if status >= 400:
+            assert isinstance(answer, dict) and "error" in answer or status == 416, answer
+
+    try:
+        one()
+        assert call(running, "GET", "/api/info")[0] == 200
+    finally:
+        running.stop()

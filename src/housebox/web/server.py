@@ -273,6 +273,8 @@ class App:
         if artist not in self.run.artists:
             raise RequestError(f"unknown artist {artist!r}; known: {', '.join(self.run.artists)}")
         genres = body.get("genre") or []
+        if not isinstance(genres, (str, list)):
+            raise RequestError(f"genre must be a name or a list of names, got {genres!r}")
         genres = [genres] if isinstance(genres, str) else list(genres)
         for genre in genres:
             if not isinstance(genre, str) or genre.lower() not in self.run.genres:
