@@ -279,3 +279,49 @@ def test_a_worker_killed_mid_file_skips_that_file_and_the_run_goes_on(tmp_path, 
     assert sorted(os.path.basename(r["path"]) for r in read_manifest(tmp_path / "data")) == ["t0.wav", "t2.wav",
                                                                                            "t3.wav"]
     assert [(os.path.basename(s.path), s.reason) for s in report.skipped] == [("t1.wav", prep.WORKER_DIED)]
+
+
+def test_prepare_survives_random_files(tmp_path_factory):
+    """Property: files with real audio headers and random bytes behind them, valid audio of random length,
+    channels and rate, and a broken sidecar: no exception, every file either prepared or skipped with a
+    one-line reason, and nothing prepared before is lost."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import soundfile as sf
+
+    headers = st.sampled_from([b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"ID3\x03\x00", b"\xff\xfb\x90\x00", b""])
+    junk = st.tuples(headers, st.binary(max_size=3000), st.sampled_from([".wav", ".flac", ".ogg", ".mp3", ".opus"]))
+    valid = st.tuples(st.floats(0.05, 2.5), st.integers(1, 3), st.sampled_from([8000, 11025, 16000, 44100]))
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(files=st.lists(st.one_of(junk, valid), min_size=1, max_size=4))
+    def one(files):
+        root = tmp_path_factory.mktemp("random")
+        src, data = root / "src", root / "data"
+        write(src / "keep" / "kept.wav", music_like(2.0, SR, seed=1), SR)
+        first = prepare(src, data, PrepareSettings(sample_rate=SR, min_seconds=1.0), progress=False)
+        assert len(first.prepared) == 1
+        names = []
+        for i, item in enumerate(files):
+            if isinstance(item[0], bytes):
+                header, body, suffix = item
+                (src / f"junk{i}{suffix}").write_bytes(header + body)
+                names.append(f"junk{i}{suffix}")
+            else:
+                seconds, channels, rate = item
+                audio = np.random.default_rng(i).normal(0, 0.2, (int(seconds * rate), channels)).astype(np.float32)
+                sf.write(src / f"valid{i}.wav", audio, rate)
+                names.append(f"valid{i}.wav")
+        (src / "valid0.wav.json").write_text("{not json")  # a broken sidecar beside the audio
+        report = prepare(src, data, PrepareSettings(sample_rate=SR, min_seconds=1.0), progress=False)
+        rows = read_manifest(data)
+        prepared = {os.path.basename(r["path"]) for r in rows}
+        skipped = {os.path.basename(s.path): s.reason for s in report.skipped}
+        assert "kept.wav" in prepared  # nothing prepared before is lost
+        for name in names:
+            assert (name in prepared) != (name in skipped), (name, skipped)
+            if name in skipped:
+                assert skipped[name] and "\n" not in skipped[name]
+
+    one()
