@@ -41,8 +41,12 @@ def test_schedule_warms_up_and_anneals_to_zero():
     assert lrs[100] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_precision_choice():
-    assert autocast_settings("auto", torch.device("cpu")) == (None, False)
+def test_precision_choice(monkeypatch):
+    import housebox.train.loop as loop
+
+    for native, expected in ((False, (None, False)), (True, (torch.bfloat16, False))):  # emulated bf16 is slow
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        assert autocast_settings("auto", torch.device("cpu")) == expected
     assert autocast_settings("bf16", torch.device("cpu")) == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
         autocast_settings("fp16", torch.device("cpu"))

@@ -119,12 +119,13 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a gradient scaler is needed)."""
+    """(autocast dtype or None for fp32, whether a gradient scaler is needed). `auto`: bf16 (or fp16) on
+    CUDA; on a CPU bf16 only where it is native (`cpu_has_native_bf16`), else fp32."""
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "fp32"
+            precision = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision == "fp32":
         return None, False
     if precision == "fp16":
