@@ -136,3 +136,34 @@ def test_code_cache_type_holds_every_code(tmp_path):
         codes = np.array([0, size - 1])
         np.save(tmp_path / "c.npy", codes.astype(code_dtype(size)))
         assert np.load(tmp_path / "c.npy").tolist() == [0, size - 1], size
+
+
+def test_sigkill_in_the_middle_of_encode_then_again_gives_the_same_codes(trained, demo_data, tmp_path):
+    """encode killed (SIGKILL) after some tracks: the same command again encodes the rest, and every
+    track's codes equal those of an uninterrupted encode; no half-written file is taken for a code file."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for target in (full, killed):
+        shutil.copytree(demo_data, target, ignore=shutil.ignore_patterns("codes", "fingerprints", "melody"))
+    command = [sys.executable, "-m", "housebox", "encode", "--vqvae", str(trained), "--device", "cpu", "--data"]
+    assert subprocess.run([*command, str(full)], capture_output=True).returncode == 0
+    proc = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((killed / "codes" / "l2").glob("*.npy"))) >= 1 if (killed / "codes" / "l2").exists() else False:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = read_manifest(full)
+    done = len(list((killed / "codes" / "l2").glob("*.npy")))
+    assert done < len(rows), "encode finished before it was killed: nothing tested"
+    assert subprocess.run([*command, str(killed)], capture_output=True).returncode == 0
+    for row in rows:
+        for level in range(3):
+            np.testing.assert_array_equal(load_codes(killed, row["id"], level), load_codes(full, row["id"], level))
