@@ -269,3 +269,41 @@ def test_fresh_samples_are_original(run_dir, tmp_path, capsys):
         assert result["longest_match_seconds"] < 1.0 and result["longest_code_seconds"] < CONFIG.suspicious_code_seconds
         assert result["notes"] == []  # the codes were checked: same VQ-VAE as the dataset's code cache
     assert 'class="verdict original"' in (out / "index.html").read_text()
+
+
+def test_sigkill_while_check_builds_its_indexes_then_again_gives_the_same_verdicts(demo_data, tmp_path):
+    """`housebox check` killed (SIGKILL) while it fingerprints the training set: the same command again
+    builds usable indexes and gives the verdicts of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    track_id, audio = splice(demo_data, track=2, t0=3.0, s0=5.0)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    save_audio(samples / "spliced.wav", audio, SR)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for target in (full, killed):
+        shutil.copytree(demo_data, target, ignore=shutil.ignore_patterns("fingerprints", "melody", "checks"))
+    command = [sys.executable, "-m", "housebox", "check", str(samples), "--against"]
+    assert subprocess.run([*command, str(full), "-o", str(tmp_path / "out_full")], capture_output=True).returncode == 0
+    proc = subprocess.Popen([*command, str(killed), "-o", str(tmp_path / "out_killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and b"fingerprint" not in seen:
+        seen += os.read(proc.stderr.fileno(), 256)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out_killed" / "report.json").exists(), "check finished before it was killed"
+    again = subprocess.run([*command, str(killed), "-o", str(tmp_path / "out_killed")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+
+    def verdicts(out):
+        samples_ = json.loads((out / "report.json").read_text())["originality"]["samples"]
+        return {os.path.basename(k): (v["verdict"], v["longest_match_seconds"], v["fired"]) for k, v in samples_.items()}
+
+    assert verdicts(tmp_path / "out_killed") == verdicts(tmp_path / "out_full")
+    assert verdicts(tmp_path / "out_full")["spliced.wav"][0] == "copied"
