@@ -103,3 +103,35 @@ def test_bad_files_raise_one_line_errors(tmp_path):
         load_audio(tmp_path / "nan.wav")
     with pytest.raises(AudioError, match="no such file"):
         load_audio(tmp_path / "missing.wav")
+
+
+def gated_loudness(alone: float, segments: list[tuple[float, float]]) -> float:
+    """BS.1770-4 integrated loudness, from its definition, of a steady tone of loudness `alone` played in
+    `segments` of (seconds, gain dB; None for silence): 400 ms blocks every 100 ms, blocks below -70 LUFS
+    dropped, then those more than 10 LU below the mean of the rest."""
+    steps = np.concatenate([np.full(int(round(10 * sec)), 0.0 if gain is None else 10 ** (gain / 10))
+                            for sec, gain in segments])  # relative power of each 100 ms
+    blocks = np.array([steps[i : i + 4].mean() for i in range(len(steps) - 3)])
+    with np.errstate(divide="ignore"):
+        lufs = alone + 10 * np.log10(blocks)
+    kept = blocks[lufs > -70]
+    relative = alone + 10 * np.log10(kept.mean()) - 10
+    with np.errstate(divide="ignore"):
+        kept = kept[alone + 10 * np.log10(kept) > relative]
+    return alone + 10 * np.log10(kept.mean())
+
+
+def test_loudness_gates_silence_and_quiet_passages():
+    """Gating exercised: silence after a tone (absolute gate: only the blocks straddling the edge count),
+    a passage 20 dB quieter (relative gate: dropped), one 6 dB quieter (kept), against the definition."""
+    sr = 48000
+    t = np.arange(5 * sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 997 * t))[None].astype(np.float32)  # (1, T)
+    alone = loudness_lufs(tone, sr)
+    assert alone == pytest.approx(-3.01 - 6.02, abs=0.05)
+    for gain in (None, -20.0, -6.0):
+        other = np.zeros_like(tone) if gain is None else tone * 10 ** (gain / 20)
+        measured = loudness_lufs(np.concatenate([tone, other], axis=1), sr)
+        assert measured == pytest.approx(gated_loudness(alone, [(5.0, 0.0), (5.0, gain)]), abs=0.05), gain
+    # and the gates matter: ungated, the quiet half would pull the figure down by ~2.6 dB
+    assert gated_loudness(alone, [(5.0, 0.0), (5.0, -20.0)]) > alone - 0.3
