@@ -246,6 +246,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for r in report["generated"]:
         wav = tmp_path / "evaluation" / "samples" / r["samples_dir"].split("/")[-1] / "sample_000.wav"
         assert wav.exists() and (wav.parent / "index.html").exists()
+        audio, sr = sf.read(wav, dtype="float32")  # the generated track itself: its length, rate and signal
+        assert sr == 16000 and abs(len(audio) / sr - 3.0) < 0.1
+        assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio**2)) > 1e-3 and np.abs(audio).max() <= 1.0
+        with np.load(wav.parent / "codes.npz") as codes:  # decoded from every level the run has
+            assert {"l0", "l1", "l2"} <= set(codes.files) and codes["l0"].shape[1] == 16 * codes["l2"].shape[1]
         assert r["reference_bpm"] and all(abs(bpm - next(a.bpm for a in ARTISTS if a.name == r["artist"])) < 1.0
                                           for bpm in r["reference_bpm"])
     assert (tmp_path / "evaluation" / "evaluation.png").stat().st_size > 5000
