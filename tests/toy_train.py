@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--select", action="store_true", help="keep the best weights by a scripted validation score")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     args = parser.parse_args(argv)
     runtime = init_runtime("cpu")
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         return {"score": abs(step - 10) + 1.0}
 
     config = TrainConfig(steps=args.steps, batch_size=16, lr=3e-3, warmup_steps=3,
-                         checkpoint_every=args.checkpoint_every, log_every=1, ema_decay=0.9)
+                         checkpoint_every=args.checkpoint_every, log_every=1, ema_decay=0.9, grad_accum=args.grad_accum)
     result = train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=args.out, config=config,
                    describe={"kind": "toy", "model": {"width": 32}}, resume=args.resume, runtime=runtime,
                    progress=False, eval_fn=eval_fn if args.select else None, select="score" if args.select else None)
