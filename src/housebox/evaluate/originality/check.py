@@ -30,7 +30,8 @@ class OriginalityChecker:
     def __init__(self, data_dir: str | Path, config: OriginalityConfig = OriginalityConfig(), progress: bool = False):
         self.data_dir = Path(data_dir)
         self.config = config
-        if not read_manifest(self.data_dir):
+        self.rows = read_manifest(self.data_dir)
+        if not self.rows:
             raise OriginalityError(f"{self.data_dir}: no prepared tracks (is this a `housebox prepare` dataset?)")
         self.fingerprints = load_fingerprint_index(self.data_dir, config.fingerprint, progress)
         meta_path = self.data_dir / "codes" / "meta.json"
@@ -115,7 +116,7 @@ class OriginalityChecker:
         """id -> {"file", "artist"} of every training track the results name (ids alone say nothing)."""
         named = {m.track_id for r in results for m in (*r.matches, *r.melody_matches, *r.code_runs)}
         return {row["id"]: {"file": Path(row.get("path", row["id"])).name, "artist": row["artist"]}
-                for row in read_manifest(self.data_dir) if row["id"] in named}
+                for row in self.rows if row["id"] in named}
 
     def check_folder(self, folder: str | Path, names: list[str] | None = None,
                      record: bool | None = None) -> list[SampleOriginality]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -225,3 +228,37 @@ class CheckReport:
     config: OriginalityConfig = field(default_factory=OriginalityConfig)
     tracks: dict[str, dict] = field(default_factory=dict)  # id -> {"file", "artist"} of the tracks named
     written: tuple[str, ...] = ()  # report.json files written outside sample folders
+
+
+# ---- index folders -------------------------------------------------------------------------------
+# An index (DATA/fingerprints/, DATA/melody/) is a folder of .npy arrays read through memory maps and a
+# meta.json written last: without meta.json (a run killed while writing) the arrays are not used.
+
+
+def stored_index(folder: Path, version: int, config, arrays: tuple[str, ...]) -> tuple[dict, bool]:
+    """(the folder's meta.json, or {}; whether it was written by this version with these settings and
+    every array is there)."""
+    meta_path = folder / "meta.json"
+    stored = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    usable = (stored.get("version") == version and stored.get("config") == asdict(config)
+              and all((folder / f"{name}.npy").exists() for name in arrays))
+    return stored, usable
+
+
+def mapped_arrays(folder: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The index's arrays, memory-mapped (one descriptor each, whatever the number of tracks)."""
+    return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+
+
+def write_index(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Replace an index: meta.json removed first, each array written to a temporary name and renamed,
+    meta.json last."""
+    from housebox.train.checkpoint import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)
+    for name, values in arrays.items():
+        tmp = folder / f".{name}.tmp.npy"
+        np.save(tmp, values)
+        os.replace(tmp, folder / f"{name}.npy")
+    write_json(folder / "meta.json", meta)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +17,9 @@ from housebox.evaluate.originality.common import (
     FingerprintConfig,
     OriginalityConfig,
     OriginalityError,
+    mapped_arrays,
+    stored_index,
+    write_index,
 )
 
 INDEX_DIR = "fingerprints"
@@ -184,21 +185,17 @@ def load_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = Fin
     rows = read_manifest(data_dir)
     if not rows:
         raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
-    meta_path = folder / "meta.json"
-    stored = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    usable = (stored.get("version") == INDEX_VERSION and stored.get("config") == asdict(config)
-              and all((folder / f"{name}.npy").exists() for name in ARRAYS))
+    stored, usable = stored_index(folder, INDEX_VERSION, config, ARRAYS)
     known = {t["id"]: (i, t["sha256"]) for i, t in enumerate(stored.get("tracks", []))} if usable else {}
     current = {r["id"]: r for r in rows}
     kept = [t for t, (_, sha) in known.items() if t in current and current[t]["sha256"] == sha]  # stored order
     unchanged = set(kept)
     new_rows = [r for r in rows if r["id"] not in unchanged]
     if usable and not new_rows and len(kept) == len(known):
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        return FingerprintIndex(**arrays, track_ids=tuple(kept), artists=tuple(current[t]["artist"] for t in kept),
+        return FingerprintIndex(**mapped_arrays(folder, ARRAYS), track_ids=tuple(kept), artists=tuple(current[t]["artist"] for t in kept),
                                 config=config)
     if kept:
-        old = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        old = mapped_arrays(folder, ARRAYS)
         renumber = np.full(len(known), -1, dtype=np.int32)  # old track number -> new, -1: dropped
         renumber[[known[t][0] for t in kept]] = np.arange(len(kept), dtype=np.int32)
         keep = renumber[old["tracks"]] >= 0
@@ -212,18 +209,10 @@ def load_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = Fin
     hashes, tracks, times = (np.insert(hashes, at, add_hashes), np.insert(tracks, at, add_tracks),
                              np.insert(times, at, add_times))
     order = kept + [r["id"] for r in new_rows]
-    folder.mkdir(parents=True, exist_ok=True)
-    from housebox.train.checkpoint import write_json
-
-    meta_path.unlink(missing_ok=True)  # arrays and meta change together: without meta the arrays are not used
-    for name, values in (("hashes", hashes), ("tracks", tracks), ("times", times)):
-        tmp = folder / f".{name}.tmp.npy"
-        np.save(tmp, values)
-        os.replace(tmp, folder / f"{name}.npy")
+    write_index(folder, {"hashes": hashes, "tracks": tracks, "times": times},
+                {"version": INDEX_VERSION, "config": asdict(config), "hashes": int(hashes.size),
+                 "manifest": manifest_key(rows), "tracks": [{"id": t, "sha256": current[t]["sha256"]} for t in order]})
     (folder / "index.npz").unlink(missing_ok=True)  # the single-file format before version 2
-    write_json(meta_path, {"version": INDEX_VERSION, "config": asdict(config), "hashes": int(hashes.size),
-                           "manifest": manifest_key(rows),
-                           "tracks": [{"id": t, "sha256": current[t]["sha256"]} for t in order]})
     return load_fingerprint_index(data_dir, config, progress)
 
 

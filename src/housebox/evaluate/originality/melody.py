@@ -17,15 +17,21 @@ is memory-mapped: `chroma.npy` (float16, 24 bytes a beat) and `times.npy`.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from housebox.data.prepare import load_beats, load_track, read_manifest
-from housebox.evaluate.originality.common import MelodyConfig, MelodyMatch, OriginalityConfig, OriginalityError
+from housebox.evaluate.originality.common import (
+    MelodyConfig,
+    MelodyMatch,
+    OriginalityConfig,
+    OriginalityError,
+    mapped_arrays,
+    stored_index,
+    write_index,
+)
 
 INDEX_DIR = "melody"
 INDEX_VERSION = 1
@@ -113,10 +119,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
     rows = read_manifest(data_dir)
     if not rows:
         raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
-    meta_path = folder / "meta.json"
-    stored = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    usable = (stored.get("version") == INDEX_VERSION and stored.get("config") == asdict(config)
-              and all((folder / f"{name}.npy").exists() for name in ARRAYS))
+    stored, usable = stored_index(folder, INDEX_VERSION, config, ARRAYS)
     current = {r["id"]: r for r in rows}
     known = {t["id"]: t for t in stored.get("tracks", [])} if usable else {}
     kept = [t for t, info in known.items() if t in current and current[t]["sha256"] == info["sha256"]]
@@ -124,7 +127,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
                         and current[t]["sha256"] == stored.get("without_beats_sha", {}).get(t)}
     new_rows = [r for r in rows if r["id"] not in seen]
     if usable and not new_rows and len(kept) == len(known) and len(seen) == len(current):
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        arrays = mapped_arrays(folder, ARRAYS)
         starts = np.cumsum([0] + [known[t]["beats"] for t in kept]).astype(np.int64)
         pair = stored.get("natural_pair")
         return MelodyIndex(**arrays, starts=starts, track_ids=tuple(kept),
@@ -133,7 +136,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
                            without_beats=tuple(sorted(seen - set(kept))))
     chroma, times, beats = [], [], {}
     if kept:
-        old = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        old = mapped_arrays(folder, ARRAYS)
         old_starts = np.cumsum([0] + [info["beats"] for info in known.values()])
         position = {t: i for i, t in enumerate(known)}
         for t in kept:
@@ -151,7 +154,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
         chroma.append(found[0].astype(np.float16))
         times.append(found[1])
         beats[row["id"]] = int(found[1].size)
-    order = [t for t in kept] + [r["id"] for r in new_rows if r["id"] in beats]
+    order = kept + [r["id"] for r in new_rows if r["id"] in beats]
     chroma_all = np.concatenate(chroma) if chroma else np.zeros((0, 12), np.float16)
     times_all = np.concatenate(times) if times else np.zeros(0, np.float32)
     index = MelodyIndex(chroma=chroma_all, times=times_all,
@@ -161,20 +164,11 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
     natural, pair, calibration = natural_melody(index, progress=progress,
                                                 previous=stored.get("calibration") if usable else None,
                                                 new_from=len(kept))
-    folder.mkdir(parents=True, exist_ok=True)
-    from housebox.train.checkpoint import write_json
-
-    meta_path.unlink(missing_ok=True)  # arrays and meta change together: without meta the arrays are not used
-    for name, values in (("chroma", chroma_all), ("times", times_all)):
-        tmp = folder / f".{name}.tmp.npy"
-        np.save(tmp, values)
-        os.replace(tmp, folder / f"{name}.npy")
-    write_json(meta_path, {"version": INDEX_VERSION, "config": asdict(config), "beats": int(times_all.size),
-                           "natural_seconds": natural, "natural_pair": list(pair) if pair else None,
-                           "calibration": calibration,
-                           "tracks": [{"id": t, "sha256": current[t]["sha256"], "beats": beats[t]} for t in order],
-                           "without_beats": without,
-                           "without_beats_sha": {t: current[t]["sha256"] for t in without}})
+    write_index(folder, {"chroma": chroma_all, "times": times_all},
+                {"version": INDEX_VERSION, "config": asdict(config), "beats": int(times_all.size),
+                 "natural_seconds": natural, "natural_pair": list(pair) if pair else None, "calibration": calibration,
+                 "tracks": [{"id": t, "sha256": current[t]["sha256"], "beats": beats[t]} for t in order],
+                 "without_beats": without, "without_beats_sha": {t: current[t]["sha256"] for t in without}})
     return load_melody_index(data_dir, config, progress)
 
 
