@@ -167,15 +167,37 @@ def test_uploads_are_bounded_by_length_and_forgotten(server, tmp_path):
     assert status == 200 and all(s["name"] != "odd name!" for s in body["samples"])
 
 
-def test_samples_from_the_command_line_are_listed_by_the_page(run_dir, tmp_path):
-    """`housebox sample` without -o writes into RUN/samples, the folder `serve` lists by default."""
+def test_samples_from_the_command_line_and_evaluate_are_listed_by_the_page(run_dir, tmp_path):
+    """`housebox sample` without -o writes into RUN/samples, the folder `serve` lists by default; the folders
+    `evaluate` recorded for the run (RUN/evaluations.json) are listed and served as `evaluation/ARTIST`, but
+    not one recorded outside the run's own surroundings."""
     from housebox.cli import main
+    from housebox.evaluate.run import record_evaluation
 
     assert main(["sample", str(run_dir), "--artist", "Dawn Atlas", "--seconds", "1", "--device", "cpu"]) == 0
+    evaluation = run_dir.parent / "evaluation"  # where the demo evaluates: beside the run
+    assert main(["sample", str(run_dir), "--artist", "South Lane", "--seconds", "1", "--device", "cpu",
+                 "-o", str(evaluation / "samples" / "south-lane")]) == 0
+    record_evaluation(run_dir, evaluation)
+    record_evaluation(run_dir, tmp_path / "elsewhere")  # not beside the run: never served
+    (tmp_path / "elsewhere" / "samples" / "x").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "elsewhere" / "samples" / "x" / "report.json").write_text("{}")
     running = start_server(run_dir, ServerSettings(port=0))
     try:
         status, body = call(running, "GET", "/api/samples")
-        assert status == 200 and len(body["samples"]) == 1 and body["samples"][0]["artist"] == "Dawn Atlas"
+        assert status == 200
+        by_name = {s["name"]: s for s in body["samples"]}
+        assert len(by_name) == 2 and "evaluation/south-lane" in by_name, by_name.keys()
+        assert [s["artist"] for s in by_name.values() if s["made_by"] == "sample"] == ["Dawn Atlas"]
+        assert by_name["evaluation/south-lane"]["made_by"] == "evaluate"
+        assert by_name["evaluation/south-lane"]["artist"] == "South Lane"
+        status, one = call(running, "GET", "/api/samples/evaluation/south-lane")
+        assert status == 200 and one == by_name["evaluation/south-lane"]
+        status, wav = call(running, "GET", one["tracks"][0]["url"])
+        assert status == 200 and wav[:4] == b"RIFF"
+        for path in ("/samples/evaluation/../../run/config.json", "/samples/evaluation/south-lane/../../../x",
+                     "/api/samples/evaluation-2/x"):
+            assert call(running, "GET", path)[0] == 404, path
     finally:
         running.stop()
 
@@ -304,11 +326,14 @@ def chromium() -> str:
 
 
 def test_page_generates_a_sample_in_headless_chromium(server, tmp_path):
+    """The page fills its form from the URL, generates, waits and shows the result. The virtual-time budget
+    is generous (idle virtual time runs ahead of the clock; on a loaded machine 60 s was once too little):
+    it costs nothing when the page is done sooner."""
     browser = chromium()
     url = f"{server.url}/?artist=Kinetic%20Unit&genre=tech%20house&seconds=1&temperature=0.9&seed=11&auto=1"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-1'}",
-                          "--virtual-time-budget=60000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=90).stdout
+                          "--virtual-time-budget=180000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=300).stdout
     assert 'data-state="done"' in dom, dom[-2000:]
     assert dom.count('class="sample-audio"') == 1 and "<audio" in dom
     assert 'data-verdict="original"' in dom

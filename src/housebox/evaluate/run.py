@@ -337,6 +337,37 @@ def prior_bits_per_token(run: Run, data_dir: Path, windows: int = 16) -> dict[st
     return out
 
 
+EVALUATIONS = "evaluations.json"  # in the run folder: where `evaluate` wrote, so `serve` can list its samples
+
+
+def record_evaluation(run_dir: Path, out_dir: Path) -> None:
+    """Add `out_dir` to the run's list of evaluation folders (newest last, each once)."""
+    path = Path(run_dir) / EVALUATIONS
+    try:
+        folders = [f for f in json.loads(path.read_text()).get("folders", []) if isinstance(f, str)]
+    except (OSError, ValueError, AttributeError):
+        folders = []
+    here = str(out_dir.resolve())
+    write_json(path, {"folders": [f for f in folders if f != here] + [here]})
+
+
+def evaluation_folders(run_dir: Path) -> list[Path]:
+    """The evaluation folders `evaluate` recorded for the run that still exist, newest first. Only folders
+    inside the run folder or directly beside it (the demo's `evaluation` beside `run`) count: a run folder
+    from elsewhere cannot point the web page at the rest of the disk."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        folders = json.loads((run_dir / EVALUATIONS).read_text()).get("folders", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    found = []
+    for folder in reversed([f for f in folders if isinstance(f, str)]):
+        path = Path(folder).resolve()
+        if path.is_dir() and (path.is_relative_to(run_dir) or path.parent == run_dir.parent):
+            found.append(path)
+    return found
+
+
 def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: float = 30.0, per_artist: int = 1,
                  seed: int = 1000, temperature: float = 1.0, progress: bool = True, stage_pieces: int = 2,
                  artists: list[str] | None = None) -> dict:
@@ -347,6 +378,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_evaluation(run.root, out_dir)
     rows = read_manifest(data_dir)
     config = run.vqvae.config
     sr, top = config.sample_rate, run.top

@@ -8,14 +8,15 @@ only its static page and the files inside the samples folder: paths that resolve
 
     GET  /                         the page (static/index.html, app.js, style.css)
     GET  /api/info                 the run's artists, genres and limits
-    GET  /api/samples[/NAME]       earlier sample folders, newest first (or one), with verdicts
+    GET  /api/samples[/NAME]       earlier sample folders, newest first (or one), with verdicts: the samples
+                                   folder's and those `housebox evaluate` wrote for the run (`evaluation/ARTIST`)
     POST /api/upload?name=F.wav    a prime clip as the raw request body -> {"upload": ID}
     POST /api/generate             JSON {artist, genre, seconds, temperature, seed, n, prime, bpm, top_k, top_p,
                                    cfg_scale, beat_guidance} -> {"job": ID}
     GET  /api/jobs/ID?wait=S       a job's state: queued (position), running (tokens done), checking, done,
                                    failed, cancelled
     POST /api/jobs/ID/cancel       stop it (a running one at its next step); jobs also stop at max_job_seconds
-    GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html)
+    GET  /samples/NAME/FILE        a file of a sample folder (wav, png, json, html); NAME as listed
 
 Other web pages the user visits must not drive it: every request must name this server in its Host
 header (a loopback-bound server answers only to 127.0.0.1, localhost and [::1] at its port, which
@@ -216,6 +217,7 @@ class App:
         self.run = load_run(run_dir, device)
         self.samples_dir = Path(settings.samples_dir or Path(run_dir) / "samples").resolve()
         (self.samples_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)
         self._checker = None
         self._checker_problem: str | None = None
         self.jobs = JobQueue(self._generate, settings.max_queue, settings.keep_jobs)
@@ -346,43 +348,86 @@ class App:
             except OSError:
                 pass  # another request removed it, or it cannot be removed: not this request's problem
 
+    @property
+    def evaluation_dirs(self) -> dict[str, Path]:
+        """What `housebox evaluate` generated for the run (read each time: an evaluation may finish while the
+        server runs): listed and served as `evaluation/ARTIST` (`evaluation-2/...` an older one), never written."""
+        return _evaluation_samples(self.run_dir)
+
+    def _roots(self) -> list[tuple[str, Path]]:
+        """(name prefix, folder) of every folder that holds sample folders: the samples folder first."""
+        return [("", self.samples_dir)] + [(f"{prefix}/", root) for prefix, root in self.evaluation_dirs.items()]
+
+    def _sample_folders(self) -> list[tuple[str, Path]]:
+        """(name, folder) of every listable sample folder."""
+        found = []
+        for prefix, root in self._roots():
+            if root.is_dir():
+                found += [(prefix + p.name, p) for p in root.iterdir()
+                          if p.is_dir() and FOLDER_NAME.match(p.name) and (p / "report.json").is_file()]
+        return found
+
+    def _split(self, relative: str) -> tuple[Path, str]:
+        """(root folder, path inside it) of `NAME/...` where NAME may start with an evaluation's prefix."""
+        prefix, _, rest = relative.partition("/")
+        evaluations = self.evaluation_dirs
+        if prefix in evaluations and rest:
+            return evaluations[prefix], rest
+        return self.samples_dir, relative
+
+    def _folder(self, name: str) -> Path:
+        """The folder of sample `name` (`FOLDER` in the samples folder, `evaluation/ARTIST` of an evaluation)."""
+        root, folder_name = self._split(name)
+        if not FOLDER_NAME.match(folder_name) or not (root / folder_name / "report.json").is_file():
+            raise RequestError(f"no sample {name!r}", HTTPStatus.NOT_FOUND)
+        return root / folder_name
+
     def samples(self, limit: int = 50) -> list[dict]:
-        folders = [p for p in self.samples_dir.iterdir()
-                   if p.is_dir() and FOLDER_NAME.match(p.name) and (p / "report.json").is_file()]
-        folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        return [self.sample(p.name) for p in folders[:limit]]
+        folders = self._sample_folders()
+        folders.sort(key=lambda named: (named[1] / "report.json").stat().st_mtime, reverse=True)
+        return [self.sample(name) for name, _ in folders[:limit]]
 
     def sample(self, name: str) -> dict:
-        folder = self.samples_dir / name
-        if not FOLDER_NAME.match(name) or not (folder / "report.json").is_file():
-            raise RequestError(f"no sample {name!r}", HTTPStatus.NOT_FOUND)
+        folder = self._folder(name)
         report = json.loads((folder / "report.json").read_text())
         settings = report.get("settings", {})
         checked = report.get("originality", {}).get("samples", {})
         problem = self._checker_problem if self.settings.check else "originality check is off"
+        url = f"/samples/{name}"
         tracks = []
         for wav in report.get("samples", []):
             result = checked.get(wav)
-            tracks.append({"file": wav, "url": f"/samples/{name}/{wav}", "originality": _summary(result, problem)})
+            tracks.append({"file": wav, "url": f"{url}/{wav}", "originality": _summary(result, problem)})
         return {"name": name, "created": round((folder / "report.json").stat().st_mtime, 1),
+                "made_by": "sample" if self._split(name)[0] == self.samples_dir else "evaluate",
                 "artist": settings.get("artist"), "genres": settings.get("genres", []),
                 "seconds": report.get("seconds"), "temperature": settings.get("temperature"),
                 "seed": report.get("seed"), "prime": bool(settings.get("prime")), "tracks": tracks,
-                "spectrogram": f"/samples/{name}/spectrogram.png" if (folder / "spectrogram.png").is_file() else None,
-                "page": f"/samples/{name}/index.html"}
+                "spectrogram": f"{url}/spectrogram.png" if (folder / "spectrogram.png").is_file() else None,
+                "page": f"{url}/index.html"}
 
     def resolve_sample_file(self, relative: str) -> Path | None:
-        """The file `relative` names inside the samples folder, or None (outside, hidden, missing)."""
+        """The file `relative` names inside the samples folder (or, as `evaluation/...`, inside the run's
+        evaluation samples), or None (outside, hidden, missing)."""
         if "\x00" in relative or not relative or relative.startswith(("/", "\\")):
             return None
-        path = (self.samples_dir / relative).resolve()
-        inside = path.is_relative_to(self.samples_dir) and path != self.samples_dir
-        if not inside or any(part.startswith(".") for part in path.relative_to(self.samples_dir).parts):
+        root, relative = self._split(relative)
+        path = (root / relative).resolve()
+        inside = path.is_relative_to(root) and path != root
+        if not inside or any(part.startswith(".") for part in path.relative_to(root).parts):
             return None
         return path if path.is_file() else None
 
     def close(self) -> None:
         self.jobs.close()
+
+
+def _evaluation_samples(run_dir: str | Path) -> dict[str, Path]:
+    """{prefix: samples folder} of the run's recorded evaluations, newest first: `evaluation`, `evaluation-2`..."""
+    from housebox.evaluate.run import evaluation_folders
+
+    found = [folder / "samples" for folder in evaluation_folders(Path(run_dir))]
+    return {("evaluation" if i == 0 else f"evaluation-{i + 1}"): folder.resolve() for i, folder in enumerate(found)}
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:

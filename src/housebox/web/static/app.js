@@ -76,7 +76,8 @@ async function refreshList() {
     button.textContent = "show";
     button.addEventListener("click", () => showSample(sample));
     const verdicts = sample.tracks.map((t) => t.originality.verdict).join(", ");
-    item.append(button, ` ${sample.name} (${sample.artist}, ${sample.seconds} s; ${verdicts})`);
+    const by = sample.made_by === "evaluate" ? "made by evaluate, " : "";
+    item.append(button, ` ${sample.name} (${by}${sample.artist}, ${sample.seconds} s; ${verdicts})`);
     list.appendChild(item);
   }
   return samples;
