@@ -135,3 +135,17 @@ def test_loudness_gates_silence_and_quiet_passages():
         assert measured == pytest.approx(gated_loudness(alone, [(5.0, 0.0), (5.0, gain)]), abs=0.05), gain
     # and the gates matter: ungated, the quiet half would pull the figure down by ~2.6 dB
     assert gated_loudness(alone, [(5.0, 0.0), (5.0, -20.0)]) > alone - 0.3
+
+
+@pytest.mark.parametrize("sr", [48000, 44100, 22050, 16000])
+def test_loudness_agrees_with_pyloudnorm_on_music_with_quiet_passages_and_silence(sr):
+    """A stereo demo track, then the same 26 dB quieter (the relative gate drops it), then silence (the
+    absolute gate): within 0.2 LU of pyloudnorm, an independent BS.1770-4 implementation."""
+    import pyloudnorm
+
+    from housebox.data.demo_corpus import ARTISTS, render_track
+
+    music = np.asarray(render_track(ARTISTS[0], 20.0, sr, seed=1), dtype=np.float32)  # (2, T)
+    audio = np.concatenate([music, 0.05 * music, np.zeros_like(music[:, : 3 * sr])], axis=1)
+    reference = pyloudnorm.Meter(sr).integrated_loudness(audio.T.astype(np.float64))
+    assert loudness_lufs(audio, sr) == pytest.approx(reference, abs=0.2)

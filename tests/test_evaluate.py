@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from housebox.evaluate.run import (
     cut_pieces,
     data_segments,
     describe_data,
+    evaluation_folders,
     format_stage_table,
     key_share,
     match_tempo,
@@ -254,6 +256,42 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert r["reference_bpm"] and all(abs(bpm - next(a.bpm for a in ARTISTS if a.name == r["artist"])) < 1.0
                                           for bpm in r["reference_bpm"])
     assert (tmp_path / "evaluation" / "evaluation.png").stat().st_size > 5000
+    # `housebox serve demo/run` lists these samples
+    assert evaluation_folders(tmp_path / "run") == [(tmp_path / "evaluation").resolve()]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_whole_demo_and_the_same_command_continues(tmp_path):
+    """Ctrl-C while the demo trains the top prior stops the demo (no later model trains on a half-trained
+    one, nothing is evaluated), says how to continue, and the same command then finishes it."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "housebox", "demo", "-o", str(tmp_path), "--quick", "--device", "cpu"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    plan_path, deadline = tmp_path / "run" / "plan.json", time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            stages = {s["name"]: s for s in json.loads(plan_path.read_text())["stages"]}
+        except (OSError, ValueError, KeyError):
+            stages = {}
+        if stages.get("prior_l2", {}).get("started"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "run the same `housebox demo` command again" in out and "--resume" not in out
+    stages = json.loads(plan_path.read_text())["stages"]
+    names = [s["name"] for s in stages]
+    assert stages[names.index("prior_l2")]["finished"] is False  # stopped in the prior...
+    assert not any(s["started"] for s in stages[names.index("prior_l2") + 1:])  # ...and nothing trained after it
+    assert not (tmp_path / "evaluation").exists()
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "demo finished" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert all(s["finished"] for s in json.loads(plan_path.read_text())["stages"])
+    assert (tmp_path / "evaluation" / "evaluation.json").exists()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -92,6 +93,47 @@ def test_loop_learns_and_writes_a_model_directory(tmp_path):
               describe={"kind": "toy", "model": {}}, device="cpu", progress=False)
 
 
+def test_fp16_gradient_scaler_skips_overflowing_steps_and_resumes_its_scale(tmp_path, monkeypatch):
+    """The fp16 path (CUDA's, run here on the CPU, where autocast to float16 works if slowly): the loss is
+    scaled, a step whose gradients overflow is skipped (weights stay finite) and halves the scale, and the
+    scale is checkpointed and restored on resume. Fails without the scaler (NaN weights), and when resume
+    forgets its state (the scale starts over at 65536)."""
+    import housebox.train.loop as loop
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from toy_train import batch_fn, make_model
+
+    monkeypatch.setattr(loop, "autocast_settings", lambda precision, device: (torch.float16, True))
+    calls = []
+
+    def step_fn(model, batch):
+        calls.append(1)
+        out = model(batch["x"])
+        assert out.dtype == torch.float16  # autocast really ran in fp16
+        loss = torch.nn.functional.mse_loss(out.float(), batch["y"])
+        if len(calls) == 5:  # one overflowing step: its gradients are inf
+            loss = loss * torch.tensor(float("inf"))
+        return StepOutput(loss=loss, metrics={})
+
+    def run(steps, resume=False):
+        config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=2, checkpoint_every=10, log_every=1,
+                             precision="fp16")
+        return train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=tmp_path, config=config,
+                     describe={"kind": "toy", "model": {}}, device="cpu", progress=False, resume=resume)
+
+    run(10)
+    state = load_train_state(tmp_path / "train_state.pt")
+    assert state["scaler"]["scale"] == 65536.0 / 2  # halved once, by the one overflowing step
+    assert all(torch.isfinite(w).all() for w in load_weights(tmp_path / "model.safetensors").values())
+    calls.append(1)  # the resumed run counts on: no step overflows any more
+    run(40, resume=True)
+    state = load_train_state(tmp_path / "train_state.pt")
+    assert state["step"] == 40 and state["scaler"]["scale"] == 65536.0 / 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r and math.isfinite(r["loss"])]
+    assert losses[-1] < 0.5 * losses[0]
+
+
 def wait_for_step(out: Path, at_least: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -133,7 +175,7 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(tmp_path):
     wait_for_step(stopped, 4, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "interrupted=True" in out and "Continue with --resume" in out + err
+    assert proc.returncode == 0 and "interrupted=True" in out and "checkpoint saved" in out + err
     step = load_train_state(stopped / "train_state.pt")["step"]
     assert 4 <= step < 30
     assert run_toy(stopped, "--steps", "30", "--checkpoint-every", "100", "--resume").returncode == 0

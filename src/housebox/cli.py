@@ -52,10 +52,17 @@ def _cmd_make_demo_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from housebox.demo import run_demo
+CONTINUE = " (continue with the same command and --resume)"
 
-    run_demo(Path(args.output), quick=args.quick, seed=args.seed, device=args.device)
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from housebox.demo import RESUME_HINT, run_demo
+
+    try:
+        run_demo(Path(args.output), quick=args.quick, seed=args.seed, device=args.device)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM in any stage stops the whole demo; finished work is kept
+        print(f"\nhousebox demo: stopped; {RESUME_HINT} (finished stages are kept in {args.output})", flush=True)
+        return 130
     return 0
 
 
@@ -71,7 +78,8 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     result = train_vqvae(args.data, args.output, _preset(args), resume=args.resume, device=args.device)
     state = "stopped" if result.interrupted else "finished"
     validation = result.validation_summary(SELECT, "dB mean spectral convergence")
-    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}")
+    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}"
+          + (CONTINUE if result.interrupted else ""))
     return 0
 
 
@@ -98,7 +106,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
                          resume=args.resume, device=args.device)
     state = "stopped" if result.interrupted else "finished"
     validation = result.validation_summary("bits_per_token", "bits/token")
-    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}")
+    print(f"{state} at step {result.step}" + (f"; {validation}" if validation else "") + f": {args.output}"
+          + (CONTINUE if result.interrupted else ""))
     return 0
 
 

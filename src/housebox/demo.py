@@ -46,6 +46,7 @@ QUICK = DemoPlan(minutes=1.0, vqvae_steps=20, prior_steps=20, upsampler_steps=10
 
 
 _STARTED = [0.0]
+RESUME_HINT = "run the same `housebox demo` command again to continue where it stopped"
 
 
 def _stage(number: int, total: int, text: str) -> None:
@@ -84,8 +85,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     _stage(3, total, f"training every model with `train all` into {run}: the VQ-VAE ({plan.vqvae_steps} steps), "
                      f"the code cache, the top prior ({plan.prior_steps} steps) and two upsamplers "
                      f"({plan.upsampler_steps} steps each)")
-    result = train_all(data, run, preset, minutes=None, resume=True, device=device)
-    if result.interrupted:
+    result = train_all(data, run, preset, minutes=None, resume=True, device=device, resume_hint=RESUME_HINT)
+    if result.interrupted:  # stop the demo: the next stage must not start from a half-trained model
         raise KeyboardInterrupt
 
     tracks = "one" if plan.per_artist == 1 else str(plan.per_artist)

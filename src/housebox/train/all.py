@@ -179,8 +179,10 @@ def _load_plan(path: Path) -> dict | None:
 
 
 def train_all(data_dir: str | Path, run_dir: str | Path, preset: dict[str, dict], minutes: float | None = None,
-              resume: bool = False, device: str = "auto", progress: bool = True, log=print) -> AllResult:
-    """Train every model of a run on `data_dir` into `run_dir` (see the module docstring)."""
+              resume: bool = False, device: str = "auto", progress: bool = True, log=print,
+              resume_hint: str = "continue with the same command and --resume") -> AllResult:
+    """Train every model of a run on `data_dir` into `run_dir` (see the module docstring). `resume_hint`: what
+    to tell a person whose run was stopped (the demo resumes by itself)."""
     started = time.time()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if minutes is not None and minutes <= 0:
@@ -255,7 +257,7 @@ def train_all(data_dir: str | Path, run_dir: str | Path, preset: dict[str, dict]
         if result.interrupted:
             interrupted = True
             save_plan()
-            log(f"stopped in {stage.name} at step {result.step}; continue with the same command and --resume")
+            log(f"stopped in {stage.name} at step {result.step}; {resume_hint}")
             break
         stage.finished = True
         save_plan()

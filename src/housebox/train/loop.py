@@ -440,7 +440,7 @@ def train(
                 interrupted = True
                 save(step)
                 if runtime.is_main:
-                    tqdm.write(f"stopped at step {step}; checkpoint saved. Continue with --resume")
+                    tqdm.write(f"stopped at step {step}; checkpoint saved")  # the caller says how to continue
                 break
     bar.close()
     if writer is not None:
