@@ -155,7 +155,7 @@ def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path)
     from dataclasses import asdict
 
     from housebox.evaluate.originality import CheckReport, format_table
-    from housebox.generate.pipeline import _originality_table
+    from housebox.report.pages import _originality_table
     from housebox.web.server import _summary
 
     rng = np.random.default_rng(1)
@@ -249,13 +249,31 @@ def test_check_cli_errors_are_one_line(demo_data, tmp_path, capsys):
 
 # ---- a tiny trained run ----------------------------------------------------------------------
 
+PRIOR_STEPS = 300  # enough for the tiny top prior to learn the corpus (measured: ~2.4 of 6 bits/token)
+
+
 @pytest.fixture(scope="module")
 def run_dir(demo_data, tmp_path_factory):
-    """VQ-VAE and top-level prior only: samples are decoded from the top level."""
-    return train_tiny_run(demo_data, tmp_path_factory.mktemp("run"), vqvae_steps=6, prior_steps=10)
+    """VQ-VAE and a top-level prior that has learned its data: samples are decoded from the top level."""
+    return train_tiny_run(demo_data, tmp_path_factory.mktemp("run"), vqvae_steps=6, prior_steps=PRIOR_STEPS)
 
 
-def test_fresh_samples_are_original(run_dir, tmp_path, capsys):
+def test_fresh_samples_of_a_prior_that_learned_its_data_are_original(run_dir, demo_data, tmp_path, capsys):
+    """The top prior predicts held-out codes at under half the bits of a uniform guess (it learned the
+    corpus, it is not a 10-step prior that can only babble), yet its samples are original. In the same
+    check, a "sample" that is a training track's own top-level codes, decoded the same way, is flagged:
+    the check can fire on this run, so "original" is a finding, not the only possible answer."""
+    import math
+
+    import torch
+
+    from housebox.data.dataset import tracks_for
+    from housebox.generate.pipeline import Generation, SampleSettings, decode, load_run, write_outputs
+    from housebox.store import read_config
+
+    prior = read_config(run_dir / "prior_l2")  # `best`: the kept weights' step and validation bits/token
+    assert prior["best"]["bits_per_token"] < 0.5 * math.log2(prior["describe"]["model"]["codebook_size"]), prior["best"]
+
     out = tmp_path / "fresh"
     assert main(["sample", str(run_dir), "--artist", "Dawn Atlas", "--seconds", "4", "-n", "2", "--seed", "4242",
                  "--device", "cpu", "--check", "-o", str(out)]) == 0
@@ -269,6 +287,19 @@ def test_fresh_samples_are_original(run_dir, tmp_path, capsys):
         assert result["longest_match_seconds"] < 1.0 and result["longest_code_seconds"] < CONFIG.suspicious_code_seconds
         assert result["notes"] == []  # the codes were checked: same VQ-VAE as the dataset's code cache
     assert 'class="verdict original"' in (out / "index.html").read_text()
+
+    # the control: 12 s of a training track's own top codes, decoded as a sample is
+    run = load_run(run_dir, "cpu")
+    track = tracks_for(demo_data, "train", 16000)[0]["id"]
+    true = torch.from_numpy(np.load(demo_data / "codes" / "l2" / f"{track}.npy").astype(np.int64))
+    rate = run.vqvae.config.tokens_per_second(2)
+    codes = true[int(2 * rate): int(14 * rate)][None]  # (1, T)
+    copied = Generation(codes={2: codes}, audio=decode(run.vqvae, codes, 2), sample_rate=16000, lowest_level=2)
+    write_outputs(tmp_path / "copied", copied, SampleSettings(artist="Dawn Atlas", seconds=12.0), run)
+    assert main(["check", str(tmp_path / "copied"), "--against", str(demo_data)]) == 0
+    verdict = json.loads((tmp_path / "copied" / "report.json").read_text())["originality"]["samples"]["sample_000.wav"]
+    assert verdict["verdict"] != "original" and verdict["longest_code_seconds"] >= CONFIG.suspicious_code_seconds
+    assert "codes" in verdict["fired"]
 
 
 def test_sigkill_while_check_builds_its_indexes_then_again_gives_the_same_verdicts(demo_data, tmp_path):
