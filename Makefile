@@ -32,6 +32,7 @@ demo: $(STAMP)
 # The full demo (14 minutes on a CPU with native bf16, about 40 on an AVX2-only one) has its own target,
 # so that `make test` stays under 30 minutes on every CPU; the quick demo end to end stays in `make test`.
 test: $(STAMP) system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not demo"
 
 test-demo: $(STAMP)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         piece_audio,
     )
     from housebox.generate.pipeline import load_run
-    from housebox.plots import save_spectrograms
+    from housebox.report.plots import save_spectrograms
     from housebox.train.all import measure_decoder_step
     from housebox.train.decoder import find_vqvae_dir, train_decoder
 

@@ -11,10 +11,10 @@ import torch
 from conftest import TINY_VQVAE
 
 from housebox.config import apply_overrides, load_preset
-from housebox.evaluate.music import spectral_flatness
+from housebox.audio.features import spectral_flatness
 from housebox.models.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
 from housebox.models.load import ADVERSARIAL_DECODERS, load_vqvae
-from housebox.train.checkpoint import load_train_state, load_weights
+from housebox.store import load_train_state, load_weights
 from housebox.train.decoder import DecoderGAN, train_decoder
 
 FAST = ["decoder.chunk_seconds=0.256", "decoder_train.batch_size=2", "decoder_train.log_every=1",

@@ -17,7 +17,8 @@ import soundfile as sf
 from conftest import train_tiny_run
 from housebox.data.demo_corpus import ARTISTS, render_track
 from housebox.data.prepare import read_manifest
-from housebox.evaluate.music import frechet_distance, mel_chroma_features, spectral_centroid, track_stats
+from housebox.audio.features import spectral_centroid
+from housebox.evaluate.music import frechet_distance, mel_chroma_features, track_stats
 from housebox.evaluate.run import (
     STAGE_MODEL,
     TempoMatch,
@@ -235,12 +236,23 @@ def test_stages_refuse_a_code_cache_of_other_weights(tiny_run, tmp_path):
         check_code_cache(SimpleNamespace(vqvae_dir=tiny_run / "vqvae"), tmp_path)
 
 
-@pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[Path, str]:
+    """`housebox demo --quick` once for the module: (its folder, what it printed)."""
+    import contextlib
+    import io
+
     from housebox.cli import main
 
-    assert main(["demo", "-o", str(tmp_path), "--quick", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
+    out, printed = tmp_path_factory.mktemp("quickdemo"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "-o", str(out), "--quick", "--device", "cpu"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(quick_demo):
+    tmp_path, out = quick_demo
     assert "demo finished" in out
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert {r["artist"] for r in report["generated"]} == {a.name for a in ARTISTS}
@@ -258,6 +270,23 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "evaluation" / "evaluation.png").stat().st_size > 5000
     # `housebox serve demo/run` lists these samples
     assert evaluation_folders(tmp_path / "run") == [(tmp_path / "evaluation").resolve()]
+
+
+@pytest.mark.slow
+def test_quick_demo_codes_are_bitwise_those_recorded(quick_demo):
+    """Refactoring keeps behaviour: the quick demo's code cache and generated codes (seed 0, one thread) are
+    bitwise those recorded in tests/data/quick_demo_codes.json (tests/demo_codes.py re-records them when a
+    change is meant to change them). Bitwise equality holds only for the torch, numpy and CPU kind that
+    recorded them: elsewhere the test says so and skips."""
+    from demo_codes import RECORDED, digests, environment
+
+    recorded = json.loads(RECORDED.read_text())
+    if environment() != recorded["environment"]:
+        pytest.skip(f"codes recorded with {recorded['environment']}, this is {environment()}")
+    found = digests(quick_demo[0])
+    assert found.keys() == recorded["digests"].keys()
+    changed = sorted(k for k in found if found[k] != recorded["digests"][k])
+    assert not changed, f"codes differ from those recorded: {changed}"
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from housebox.cli import main
 from housebox.config import apply_overrides, build, load_preset
 from housebox.train.loop import TrainConfig
 from housebox.models.vqvae import VQVAEConfig
+from housebox.evaluate.originality import OriginalityConfig
 from housebox.train.plan import GIB, ModelPlan, plan_disk, plan_prior, plan_vqvae, prior_configs, saved_bytes
 
 CHILD = Path(__file__).with_name("measure_step.py")
@@ -119,11 +120,11 @@ def test_jukebox_preset_fits_one_24_gb_gpu_with_flash_eligible_heads() -> None:
 
 
 def test_disk_plan_for_hours_of_audio() -> None:
-    disk = plan_disk(load_preset("tiny"), 2.0)
+    disk = plan_disk(load_preset("tiny"), 2.0, OriginalityConfig())
     assert disk.audio == 2 * 3600 * 16000 * 2  # int16 at 16 kHz
     assert disk.codes == int((2000 + 500 + 125) * 7200 * 2)  # int16 codes at hops 8, 32, 128
     assert disk.unchecked_levels == ()
-    assert plan_disk(load_preset("jukebox"), 50.0).unchecked_levels == (0, 1, 2)  # over max_index_tokens
+    assert plan_disk(load_preset("jukebox"), 50.0, OriginalityConfig()).unchecked_levels == (0, 1, 2)  # over max_index_tokens
 
 
 def test_plan_command_prints_every_model(capsys) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from housebox.train.checkpoint import load_train_state, load_weights
+from housebox.store import load_train_state, load_weights
 from housebox.train.loop import (
     StepOutput,
     TrainConfig,

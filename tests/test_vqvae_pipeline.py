@@ -17,7 +17,7 @@ from housebox.config import apply_overrides, load_preset
 from housebox.data.codes import encode_track, load_codes
 from housebox.data.prepare import load_track, read_manifest
 from housebox.models.load import load_vqvae
-from housebox.train.checkpoint import load_weights
+from housebox.store import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

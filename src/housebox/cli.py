@@ -214,11 +214,12 @@ def _cmd_evaluate_vqvae(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from housebox.evaluate.originality import OriginalityConfig
     from housebox.train.plan import format_plan, plan_disk, plan_models
 
     preset = _preset(args)
     plans = plan_models(preset, device=args.device, artists=args.artists, genres=args.genres)
-    disk = plan_disk(preset, args.hours) if args.hours else None
+    disk = plan_disk(preset, args.hours, OriginalityConfig()) if args.hours else None
     print(f"housebox plan: preset {args.preset}, training on {args.device}")
     print(format_plan(plans, args.gpu_memory, disk))
     return 0

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from housebox.audio.stft import spectra, stft
+
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 # Krumhansl-Kessler probe-tone ratings, tonic first (Krumhansl 1990, "Cognitive Foundations of Musical Pitch").
@@ -72,17 +74,10 @@ def _tempo_hop(sample_rate: int) -> int:
 
 
 def _stft_blocks(audio: np.ndarray, n_fft: int, hop: int) -> Iterator[np.ndarray]:
-    """Magnitude spectra of Hann-windowed, centred frames, yielded as blocks `[frames x n_fft//2+1]`.
-
-    Frame i is centred on sample i * hop; the signal is zero-padded by n_fft // 2 at both ends.
-    """
-    padded = np.pad(audio, (n_fft // 2, n_fft // 2))
-    n_frames = 1 + (padded.size - n_fft) // hop
-    window = np.hanning(n_fft)
-    for start in range(0, n_frames, _BLOCK_FRAMES):
-        stop = min(n_frames, start + _BLOCK_FRAMES)
-        idx = np.arange(n_fft)[None, :] + hop * np.arange(start, stop)[:, None]  # (frames, n_fft)
-        yield np.abs(np.fft.rfft(padded[idx] * window, axis=1))  # (frames, n_fft//2+1)
+    """Magnitude spectra of windowed frames centred on sample i * hop (audio.stft), in blocks
+    `[frames x n_fft//2+1]`."""
+    for block in spectra(audio, n_fft, hop, center=True, block_frames=_BLOCK_FRAMES):
+        yield np.abs(block)
 
 
 def _band_bins(band: tuple[float, float] | None, n_fft: int, sample_rate: int) -> slice:
@@ -555,3 +550,28 @@ def steady_beats(bpm: float, seconds: float, offset: float = 0.0) -> BeatGrid:
     interval = 60.0 / bpm
     count = max(2, int(np.ceil((seconds - offset) / interval)))
     return BeatGrid(offset + interval * np.arange(count), 0, float(bpm))
+
+
+# ---- spectral shape ------------------------------------------------------------------------------
+
+
+def spectral_centroid(audio: np.ndarray, sample_rate: int, n_fft: int = 2048) -> float:
+    """Mean spectral centroid (Hz) of mono float audio, weighted by frame energy."""
+    spectrum = np.abs(stft(np.asarray(audio, dtype=np.float64), n_fft, n_fft // 2))  # (frames, F)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
+    energy = spectrum.sum(axis=1)
+    if energy.sum() == 0:
+        return 0.0
+    centroids = (spectrum * freqs).sum(axis=1) / np.maximum(energy, 1e-12)
+    return float((centroids * energy).sum() / energy.sum())
+
+
+def spectral_flatness(audio: np.ndarray, n_fft: int = 1024) -> float:
+    """Mean spectral flatness (geometric / arithmetic mean of the power spectrum, 0..1) of mono float audio
+    over its frames that are not silent: near 1 for noise, near 0 for clean tones; a decoder's noise floor
+    raises it."""
+    power = np.abs(stft(np.asarray(audio, dtype=np.float64), n_fft, n_fft // 4)) ** 2 + 1e-10  # (frames, F)
+    flatness = np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
+    energy = power.sum(axis=1)
+    loud = energy > 1e-6 * energy.max()
+    return float(flatness[loud].mean())

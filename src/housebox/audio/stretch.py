@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from housebox.audio.stft import hann, stft
+
 
 def time_stretch(audio: np.ndarray, rate: float, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
     """Mono float audio `[T]` played `rate` times faster at the same pitch: float32 `[~T / rate]`."""
     if rate <= 0:
         raise ValueError(f"time_stretch: rate must be > 0, got {rate}")
     audio = np.asarray(audio, dtype=np.float64).reshape(-1)
-    window = np.hanning(n_fft)
-    padded = np.pad(audio, (n_fft // 2, n_fft // 2 + n_fft))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop] * window  # (frames, n_fft)
-    spectrum = np.fft.rfft(frames, axis=1)  # (frames, bins)
+    window = hann(n_fft)
+    spectrum = stft(np.pad(audio, (0, n_fft)), n_fft, hop, center=True)  # (frames, bins): one frame past the end
     magnitude, phase_in = np.abs(spectrum), np.angle(spectrum)
     advance = 2.0 * np.pi * hop * np.arange(spectrum.shape[1]) / n_fft  # expected phase step per hop, per bin
     steps = np.arange(0.0, spectrum.shape[0] - 1, rate)  # analysis positions, one per output frame

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage, signal
+from scipy import ndimage
+
+from housebox.audio.stft import hann, spectra
 
 METHODS = ("none", "center", "repet", "demucs")
 
@@ -67,7 +69,7 @@ def stft_config_for(sample_rate: int) -> StftConfig:
 
 
 def stft(audio: np.ndarray, config: StftConfig, *, block_frames: int = 512) -> np.ndarray:
-    """Complex spectrogram of every channel (periodic Hann window, frames centred on ``t * hop``).
+    """Complex spectrogram of every channel (audio.stft's window and framing, frames centred on ``t * hop``).
 
     Frames are transformed ``block_frames`` at a time, so the only large array is the result.
 
@@ -77,16 +79,13 @@ def stft(audio: np.ndarray, config: StftConfig, *, block_frames: int = 512) -> n
         ``complex64[C x F x N]`` with F = n_fft // 2 + 1 and N = T // hop + 1.
     """
     n_fft, hop = config.n_fft, config.hop_length
-    frames = audio.shape[-1] // hop + 1
-    padded = np.zeros((audio.shape[0], (frames - 1) * hop + n_fft), dtype=np.float32)  # (C, T')
-    padded[:, n_fft // 2:n_fft // 2 + audio.shape[-1]] = audio
-    window = _window(config)
-    spec = np.empty((audio.shape[0], n_fft // 2 + 1, frames), dtype=np.complex64)
+    count = audio.shape[-1] // hop + 1
+    spec = np.empty((audio.shape[0], n_fft // 2 + 1, count), dtype=np.complex64)
     for channel in range(audio.shape[0]):
-        framed = np.lib.stride_tricks.sliding_window_view(padded[channel], n_fft)[::hop]  # (N, n_fft) view
-        for start in range(0, frames, block_frames):
-            block = framed[start:start + block_frames] * window  # (B, n_fft)
-            spec[channel, :, start:start + block_frames] = scipy.fft.rfft(block, axis=-1).T  # (F, B)
+        for start, block in zip(range(0, count, block_frames),
+                                spectra(audio[channel].astype(np.float32), n_fft, hop, center=True,
+                                        block_frames=block_frames)):
+            spec[channel, :, start:start + block_frames] = block.T  # (F, B)
     return spec
 
 
@@ -115,8 +114,8 @@ def istft(spec: np.ndarray, config: StftConfig, *, length: int, block_frames: in
 
 
 def _window(config: StftConfig) -> np.ndarray:
-    """Periodic Hann window, ``float32[n_fft]``."""
-    return signal.get_window("hann", config.n_fft).astype(np.float32)
+    """audio.stft's Hann window, ``float32[n_fft]``."""
+    return hann(config.n_fft, np.float32)
 
 
 def _overlap_add(frames: np.ndarray, hop: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from housebox.data.prepare import load_track, read_manifest
 from housebox.models.load import load_vqvae
 from housebox.models.vqvae import VQVAE
-from housebox.train.checkpoint import weights_hash, write_json
+from housebox.store import weights_hash, write_json
 
 META = "meta.json"
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from housebox.data.prepare import read_manifest, read_track_window, track_header
+from housebox.data.prepare import load_track, read_manifest, read_track_window, track_header
 
 
 @dataclass(frozen=True)
@@ -215,3 +215,18 @@ class CodeWindows:
         picks = [k % len(self.codes) for k in range(count)]
         starts = [self._start(i, (k // len(self.codes)) * 0.37 % 1.0) for k, i in enumerate(picks)]
         return self.batch(picks, starts)
+
+
+def validation_clips(data_dir: str | Path, sample_rate: int, seconds: float, max_tracks: int, multiple: int) -> Tensor:
+    """One clip from the middle of each held-out piece (a validation track, or a track's held-out tail):
+    Tensor[N x 1 x T], T a multiple of `multiple`."""
+    rows = tracks_for(data_dir, "valid", sample_rate)[:max_tracks]
+    length = max(multiple, int(seconds * sample_rate) // multiple * multiple)
+    clips = np.zeros((len(rows), 1, length), dtype=np.float32)
+    for i, row in enumerate(rows):
+        audio = load_track(data_dir, row["id"])
+        lo, hi = (min(len(audio), int(round(t * sample_rate))) for t in row["segment"])
+        start = lo + max(0, (hi - lo - length) // 2)
+        window = audio[start : min(hi, start + length)]
+        clips[i, 0, : len(window)] = window / 32768.0
+    return torch.from_numpy(clips)

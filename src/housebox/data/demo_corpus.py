@@ -536,7 +536,7 @@ def make_demo_corpus(
     """Render about `minutes` of music, split evenly over `artists`, into `out_dir` (see module doc)."""
     import soundfile as sf
 
-    from housebox.plots import save_spectrograms
+    from housebox.report.plots import save_spectrograms
 
     if fmt not in FORMATS:
         raise DemoCorpusError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -19,8 +19,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from housebox.audio.features import FeatureError, beat_periodicity, chroma, estimate_key, estimate_tempo
+from housebox.audio.features import (
+    FeatureError,
+    beat_periodicity,
+    chroma,
+    estimate_key,
+    estimate_tempo,
+    spectral_centroid,
+)
 from housebox.audio.io import loudness_lufs
+from housebox.audio.stft import stft
 
 
 @dataclass(frozen=True)
@@ -34,39 +42,6 @@ class TrackStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def spectral_centroid(audio: np.ndarray, sample_rate: int, n_fft: int = 2048) -> float:
-    """Mean spectral centroid (Hz) of mono float audio, weighted by frame energy."""
-    frames = _frames(audio, n_fft, n_fft // 2)
-    spectrum = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))  # (frames, F)
-    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
-    energy = spectrum.sum(axis=1)
-    if energy.sum() == 0:
-        return 0.0
-    centroids = (spectrum * freqs).sum(axis=1) / np.maximum(energy, 1e-12)
-    return float((centroids * energy).sum() / energy.sum())
-
-
-def spectral_flatness(audio: np.ndarray, n_fft: int = 1024) -> float:
-    """Mean spectral flatness (geometric / arithmetic mean of the power spectrum, 0..1) of mono float audio
-    over its frames that are not silent: near 1 for noise, near 0 for clean tones; a decoder's noise floor
-    raises it."""
-    frames = _frames(audio, n_fft, n_fft // 4)
-    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2 + 1e-10  # (frames, F)
-    flatness = np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
-    energy = power.sum(axis=1)
-    loud = energy > 1e-6 * energy.max()
-    return float(flatness[loud].mean())
-
-
-def _frames(audio: np.ndarray, size: int, hop: int) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float64)
-    if audio.size < size:
-        audio = np.pad(audio, (0, size - audio.size))
-    count = 1 + (audio.size - size) // hop
-    index = np.arange(size)[None] + hop * np.arange(count)[:, None]  # (frames, size)
-    return audio[index]
 
 
 def track_stats(audio: np.ndarray, sample_rate: int) -> TrackStats:
@@ -100,8 +75,7 @@ def mel_chroma_features(audio: np.ndarray, sample_rate: int, seconds: float = 1.
     out = []
     for start in range(0, len(audio) - length + 1, length):
         segment = np.asarray(audio[start : start + length], dtype=np.float64)
-        frames = _frames(segment, n_fft, n_fft // 4)
-        power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2  # (frames, F)
+        power = np.abs(stft(segment, n_fft, n_fft // 4)) ** 2  # (frames, F)
         log_mel = np.log(power @ filters.T + 1e-8).mean(axis=0)  # (n_mels,)
         try:
             profile = chroma(segment, sample_rate)

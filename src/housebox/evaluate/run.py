@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from housebox.audio.features import FeatureError, beat_periodicity, estimate_tempo
+from housebox.audio.features import (
+    FeatureError,
+    beat_periodicity,
+    estimate_tempo,
+    spectral_centroid,
+    spectral_flatness,
+)
 from housebox.data.dataset import CodeWindows, tracks_for
 from housebox.data.labels import Vocabulary
 from housebox.data.prepare import load_track, read_manifest
@@ -33,13 +39,11 @@ from housebox.evaluate.music import (
     frechet_distance,
     kernel_distance,
     mel_chroma_features,
-    spectral_centroid,
-    spectral_flatness,
     track_stats,
 )
 from housebox.evaluate.vqvae import evaluate_vqvae
 from housebox.generate.pipeline import Run, SampleSettings, decode, generate, write_outputs
-from housebox.train.checkpoint import weights_hash, write_json
+from housebox.store import weights_hash, write_json
 from housebox.train.loop import move_to
 from housebox.train.prior import bits_per_token
 
@@ -560,7 +564,7 @@ def _slug(name: str) -> str:
 
 
 def _plot(path: Path, reports: list[ArtistReport], stages: dict[str, dict]) -> None:
-    from housebox.plots import _pyplot
+    from housebox.report.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))

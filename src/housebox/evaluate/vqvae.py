@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from housebox.data.dataset import tracks_for
-from housebox.data.prepare import load_track
-from housebox.models.losses import mel_l1, multi_resolution_stft_loss, si_sdr, spectral_convergence_db
+from housebox.data.dataset import validation_clips
+from housebox.models.reconstruction import LevelReport, level_metrics, reconstruct
 from housebox.models.vqvae import VQVAE
-
-
-@dataclass(frozen=True)
-class LevelReport:
-    level: int
-    hop: int
-    tokens_per_second: float
-    bitrate_kbps: float
-    spectral_convergence_db: float  # lower is better
-    mr_stft: float  # multi-resolution STFT distance, lower is better
-    mel_l1: float  # lower is better
-    si_sdr_db: float  # higher is better
-    codes_used_percent: float
-    perplexity: float
 
 
 @dataclass(frozen=True)
@@ -38,58 +21,6 @@ class VQVAEReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def validation_clips(data_dir: str | Path, sample_rate: int, seconds: float, max_tracks: int, multiple: int) -> Tensor:
-    """One clip from the middle of each held-out piece (a validation track, or a track's held-out tail):
-    Tensor[N x 1 x T], T a multiple of `multiple`."""
-    rows = tracks_for(data_dir, "valid", sample_rate)[:max_tracks]
-    length = max(multiple, int(seconds * sample_rate) // multiple * multiple)
-    clips = np.zeros((len(rows), 1, length), dtype=np.float32)
-    for i, row in enumerate(rows):
-        audio = load_track(data_dir, row["id"])
-        lo, hi = (min(len(audio), int(round(t * sample_rate))) for t in row["segment"])
-        start = lo + max(0, (hi - lo - length) // 2)
-        window = audio[start : min(hi, start + length)]
-        clips[i, 0, : len(window)] = window / 32768.0
-    return torch.from_numpy(clips)
-
-
-@torch.no_grad()
-def reconstruct(model: VQVAE, clips: Tensor, batch_size: int = 4) -> tuple[list[Tensor], list[Tensor]]:
-    """(recons per level [N x 1 x T], codes per level [N x T/hop]) through encode -> decode."""
-    device = next(model.parameters()).device
-    recons: list[list[Tensor]] = [[] for _ in model.config.hops]
-    codes: list[list[Tensor]] = [[] for _ in model.config.hops]
-    for start in range(0, clips.shape[0], batch_size):
-        batch = clips[start : start + batch_size].to(device)
-        for level, level_codes in enumerate(model.encode(batch)):
-            codes[level].append(level_codes.cpu())
-            recons[level].append(model.decode(level_codes, level).float().cpu())
-    return [torch.cat(r) for r in recons], [torch.cat(c) for c in codes]
-
-
-def level_metrics(model: VQVAE, clips: Tensor, recons: list[Tensor], codes: list[Tensor]) -> list[LevelReport]:
-    config = model.config
-    out = []
-    for level, (recon, level_codes) in enumerate(zip(recons, codes)):
-        counts = torch.bincount(level_codes.flatten(), minlength=config.codebook_size).double()
-        probs = counts / counts.sum()
-        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-        tokens = config.tokens_per_second(level)
-        out.append(LevelReport(
-            level=level,
-            hop=config.hops[level],
-            tokens_per_second=round(tokens, 2),
-            bitrate_kbps=round(tokens * math.log2(config.codebook_size) / 1000, 3),
-            spectral_convergence_db=float(spectral_convergence_db(clips, recon).mean()),
-            mr_stft=float(multi_resolution_stft_loss(clips, recon)),
-            mel_l1=float(mel_l1(clips, recon, config.sample_rate).mean()),
-            si_sdr_db=float(si_sdr(clips, recon).mean()),
-            codes_used_percent=float(100.0 * (counts > 0).float().mean()),
-            perplexity=float(entropy.exp()),
-        ))
-    return out
 
 
 def evaluate_vqvae(model: VQVAE, data_dir: str | Path, out_dir: str | Path | None = None,
@@ -107,8 +38,8 @@ def evaluate_vqvae(model: VQVAE, data_dir: str | Path, out_dir: str | Path | Non
 
 def write_report(report: VQVAEReport, out_dir: Path, clips: Tensor, recons: list[Tensor], codes: list[Tensor],
                  model: VQVAE) -> None:
-    from housebox.plots import save_histogram, save_spectrograms
-    from housebox.train.checkpoint import write_json
+    from housebox.report.plots import save_histogram, save_spectrograms
+    from housebox.store import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "vqvae_eval.json", report.to_dict())

@@ -7,7 +7,6 @@ which finer levels are made, so a parallel upsampler can replace the autoregress
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from housebox.models.conditioning import Labels
 from housebox.models.load import load_prior, load_vqvae
 from housebox.models.prior import Prior
 from housebox.models.vqvae import VQVAE
-from housebox.train.checkpoint import read_config, weights_hash
+from housebox.store import read_config, weights_hash
 
 CODES_FORMAT_VERSION = 1
 UPSAMPLER_KINDS = ("autoregressive", "masked")
@@ -332,8 +331,9 @@ def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_c
 def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleSettings, run: Run) -> list[Path]:
     """sample_000.wav ..., codes.npz, spectrogram.png, report.json and index.html in `out_dir`."""
     from housebox.audio.io import save_audio
-    from housebox.plots import save_spectrograms
-    from housebox.train.checkpoint import write_json
+    from housebox.report.pages import write_sample_page
+    from housebox.report.plots import save_spectrograms
+    from housebox.store import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -367,86 +367,6 @@ def write_outputs(out_dir: str | Path, generation: Generation, settings: SampleS
         "models": models,
     }
     write_json(out / "report.json", report)
-    write_index(out, report)
+    write_sample_page(out, report)
     return wavs
 
-
-def write_index(out: Path, report: dict) -> Path:
-    """A page to listen to the samples and see their spectrograms."""
-    s = report["settings"]
-    checked = report.get("originality", {}).get("samples", {})
-    rows = "\n".join(
-        f'<li><p>{html.escape(name)} {_verdict_html(checked.get(name))}</p>'
-        f'<audio controls preload="none" src="{html.escape(name)}"></audio></li>'
-        for name in report["samples"]
-    )
-    verdict = _originality_table(report["originality"]) if checked else ""
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>housebox samples</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}} li{{margin:1em 0}} img{{max-width:100%}}
-.verdict{{padding:.1em .5em;border-radius:.6em;color:#fff;font-size:.9em}} .original{{background:#2a7d3b}}
-.suspicious{{background:#b8860b}} .copied{{background:#b22222}} td,th{{padding:.2em .6em;text-align:left}}</style>
-</head><body>
-<h1>housebox samples</h1>
-<p>artist <b>{html.escape(str(s['artist']))}</b>, genres <b>{html.escape(', '.join(s['genres']) or 'unknown')}</b>,
-{report['seconds']} s each, seed {report['seed']}, temperature {s['temperature']}, decoded from level {report['decoded_from_level']}.</p>
-{verdict}
-<ol>
-{rows}
-</ol>
-<img src="spectrogram.png" alt="spectrograms">
-</body></html>
-"""
-    path = out / "index.html"
-    path.write_text(page)
-    return path
-
-
-def _verdict_html(result: dict | None) -> str:
-    """A coloured originality badge for one sample, naming the detectors that fired (empty when not checked)."""
-    if not result:
-        return ""
-    verdict = html.escape(result["verdict"])
-    fired = result.get("fired") or {}
-    why = f" ({html.escape(', '.join(fired))})" if fired else ""
-    return f'<span class="verdict {verdict}" title="originality check">{verdict}{why}</span>'
-
-
-def _detector_cell(result: dict, detector: str, key: str) -> str:
-    """One detector's figure for one sample, or `not checked` and why (never a number it did not measure)."""
-    status = (result.get("detectors") or {}).get(detector, "")
-    if result.get(key) is None:
-        return f'<span title="{html.escape(status)}">not checked</span>'
-    return f'<span title="{html.escape(status)}">{result[key]:.2f} s</span>'
-
-
-def _code_cell(result: dict) -> str:
-    return _detector_cell(result, "codes", "longest_code_seconds")
-
-
-def _best_match(r: dict) -> str:
-    """The evidence behind a verdict, in words: the melody match when only the melody detector fired."""
-    fired = r.get("fired") or {}
-    melody = r.get("melody_matches") or []
-    if melody and "melody" in fired and "audio" not in fired:
-        m = melody[0]
-        return (f"melody of {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s "
-                f"here, {m['semitones']:+d} semitones, {m['tempo']:.2f}x tempo, {m['seconds']:.1f} s")
-    if r["matches"]:
-        m = r["matches"][0]
-        return f"{m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s here"
-    return ""
-
-
-def _originality_table(originality: dict) -> str:
-    """Per sample: verdict, seconds matching the training set, longest melody passage and verbatim code
-    run beyond what training tracks share, best match."""
-    rows = []
-    for name, r in originality["samples"].items():
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_verdict_html(r)}</td><td>{r['matched_seconds']:.1f} s</td>"
-                    f"<td>{r['longest_match_seconds']:.1f} s</td>"
-                    f"<td>{_detector_cell(r, 'melody', 'longest_melody_seconds')}</td><td>{_code_cell(r)}</td>"
-                    f"<td>{html.escape(_best_match(r))}</td></tr>")
-    return (f"<h2>Originality</h2><p>checked against {html.escape(str(originality.get('against', '')))}</p>"
-            "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th><th>melody</th>"
-            "<th>verbatim codes</th><th>best match</th></tr>" + "".join(rows) + "</table>")

@@ -9,7 +9,7 @@ import torch
 from housebox.config import build
 from housebox.models.prior import Prior, PriorConfig
 from housebox.models.vqvae import VQVAE, VQVAEConfig
-from housebox.train.checkpoint import WEIGHTS, load_weights, read_config
+from housebox.store import WEIGHTS, load_weights, read_config
 
 ADVERSARIAL_DECODERS = "decoders_adversarial.safetensors"  # written by `housebox train decoder`
 

@@ -25,7 +25,7 @@ import torch
 from housebox.config import apply_overrides, build
 from housebox.data.codes import encode_dataset
 from housebox.data.labels import Vocabulary
-from housebox.train.checkpoint import write_json
+from housebox.store import write_json
 from housebox.train.loop import TrainConfig, autocast_settings, move_to
 from housebox.train.distributed import pick_device
 from housebox.train.prior import train_prior

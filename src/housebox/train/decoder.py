@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from housebox.audio.features import spectral_flatness
 from housebox.config import as_dict, build
-from housebox.data.dataset import training_chunks
+from housebox.data.dataset import training_chunks, validation_clips
 from housebox.models.discriminator import (
     DiscriminatorConfig,
     MultiScaleSTFTDiscriminator,
@@ -30,7 +31,7 @@ from housebox.models.discriminator import (
 from housebox.models.load import ADVERSARIAL_DECODERS, load_vqvae
 from housebox.models.losses import l2_loss, reference_spectra, spectral_loss
 from housebox.models.vqvae import VQVAE
-from housebox.train.checkpoint import WEIGHTS, load_weights, read_config, save_weights, write_json
+from housebox.store import WEIGHTS, load_weights, read_config, save_weights, write_json
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
 
 
@@ -122,8 +123,6 @@ def decoder_step(model: nn.Module, batch: Tensor) -> StepOutput:
 def make_eval_fn(data_dir: Path, model: DecoderGAN):
     """Per trained level: spectral convergence and spectral flatness of the reconstructions of fixed
     validation clips, beside the clips' own flatness."""
-    from housebox.evaluate.music import spectral_flatness
-    from housebox.evaluate.vqvae import validation_clips
     from housebox.models.losses import spectral_convergence_db
 
     def flatness(audio: Tensor) -> float:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from housebox.train.checkpoint import (
+from housebox.store import (
     CONFIG,
     FORMAT_VERSION,
     TRAIN_STATE,
@@ -488,7 +488,7 @@ def _tensorboard(out_dir: Path):
 
 def _plot_history(path: Path, history: list[dict], kept: tuple[str, int, float] | None = None) -> None:
     """Training loss and every eval curve; `kept` = (curve, step, value) rings the step whose weights are kept."""
-    from housebox.plots import save_curves
+    from housebox.report.plots import save_curves
 
     train_rows = [r for r in history if "loss" in r]
     eval_rows = [r for r in history if any(k.startswith("eval/") for k in r)]

@@ -247,12 +247,10 @@ class DiskPlan:
     unchecked_levels: tuple[int, ...]  # levels over max_index_tokens: `check` cannot search their codes
 
 
-def plan_disk(preset: dict[str, dict], hours: float) -> DiskPlan:
-    """Disk (and the check's index memory) for `hours` of prepared audio, from the preset and the check's settings."""
-    from housebox.evaluate.originality import OriginalityConfig
-
+def plan_disk(preset: dict[str, dict], hours: float, check) -> DiskPlan:
+    """Disk (and the check's index memory) for `hours` of prepared audio, from the preset and the check's
+    settings `check` (an evaluate.originality.OriginalityConfig: its `fingerprint` and `max_index_tokens`)."""
     vq = build(VQVAEConfig, preset.get("vqvae"), "vqvae")
-    check = OriginalityConfig()
     seconds = hours * 3600.0
     tokens = [seconds * vq.tokens_per_second(level) for level in range(vq.levels)]
     fp = check.fingerprint

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from housebox.config import as_dict, build
-from housebox.data.dataset import AudioDataConfig, training_chunks
+from housebox.data.dataset import AudioDataConfig, training_chunks, validation_clips
+from housebox.models.reconstruction import level_metrics, reconstruct
 from housebox.models.vqvae import VQVAE, VQVAEConfig
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
 
@@ -26,7 +27,6 @@ def vqvae_step(model: torch.nn.Module, batch: torch.Tensor) -> StepOutput:
 def make_eval_fn(data_dir: Path, config: VQVAEConfig, multiple: int):
     """Per-level spectral convergence on fixed validation clips, and its mean over levels (SELECT);
     audio to TensorBoard."""
-    from housebox.evaluate.vqvae import level_metrics, reconstruct, validation_clips
 
     clips = validation_clips(data_dir, config.sample_rate, seconds=2.0, max_tracks=4, multiple=multiple)
 

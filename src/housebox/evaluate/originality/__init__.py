@@ -66,8 +66,8 @@ from housebox.evaluate.originality.landmarks import (
     find_peaks,
     fingerprint,
     landmark_hashes,
+    fingerprint_spectrogram,
     load_fingerprint_index,
-    log_spectrogram,
     manifest_key,
     match_audio,
     match_fingerprint,
@@ -79,7 +79,7 @@ __all__ = [
     "FingerprintConfig", "FingerprintIndex", "MelodyConfig", "MelodyIndex", "MelodyMatch", "OriginalityChecker", "OriginalityConfig", "OriginalityError",
     "SampleOriginality", "build_code_index", "build_fingerprint_index", "check_samples", "find_peaks",
     "find_samples", "fingerprint", "format_table", "landmark_hashes", "load_fingerprint_index", "load_melody_index",
-    "log_spectrogram",
+    "fingerprint_spectrogram",
     "longest_code_run", "manifest_key", "match_audio", "match_fingerprint", "match_melody", "matched_seconds", "natural_overlap",
     "ngram_hashes", "ngram_size", "training_data",
 ]

@@ -166,7 +166,7 @@ def _read_codes(path: Path) -> dict[int, np.ndarray]:
 
 
 def _record(folder: Path, report: dict, results: list[SampleOriginality], checker: OriginalityChecker) -> None:
-    from housebox.train.checkpoint import write_json
+    from housebox.store import write_json
 
     cfg = checker.config
     previous = report.get("originality", {}).get("samples", {})
@@ -183,9 +183,9 @@ def _record(folder: Path, report: dict, results: list[SampleOriginality], checke
     }
     write_json(folder / "report.json", report)
     if "settings" in report:  # a `housebox sample` folder: its page shows the verdicts
-        from housebox.generate.pipeline import write_index
+        from housebox.report.pages import write_sample_page
 
-        write_index(folder, report)
+        write_sample_page(folder, report)
 
 
 def find_samples(samples: str | Path) -> dict[Path, list[str]]:
@@ -280,7 +280,7 @@ def format_table(report: CheckReport) -> str:
 
 def training_data(run_dir: str | Path) -> Path:
     """The dataset a run's top-level prior was trained on (its config.json: describe.data.dir)."""
-    from housebox.train.checkpoint import read_config
+    from housebox.store import read_config
 
     found = []
     for sub in sorted(p for p in Path(run_dir).iterdir() if (p / "config.json").exists()):

@@ -253,7 +253,7 @@ def mapped_arrays(folder: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]
 def write_index(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Replace an index: meta.json removed first, each array written to a temporary name and renamed,
     meta.json last."""
-    from housebox.train.checkpoint import write_json
+    from housebox.store import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from housebox.audio.stft import log_spectrogram
 from housebox.data.prepare import load_track, read_manifest
 from housebox.evaluate.originality.common import (
     DT_BITS,
@@ -29,18 +30,9 @@ INDEX_VERSION = 2  # 2: one .npy per array, memory-mapped, updated track by trac
 # ---- landmark fingerprints -----------------------------------------------------------------------
 
 
-def log_spectrogram(audio: np.ndarray, config: FingerprintConfig) -> np.ndarray:
-    """Mono float audio `[T]` at config.sample_rate -> dB magnitudes float32 `[F x frames]`."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.size < config.n_fft:
-        audio = np.pad(audio, (0, config.n_fft - audio.size))
-    frames = np.lib.stride_tricks.sliding_window_view(audio, config.n_fft)[:: config.hop]  # (frames, n_fft), a view
-    window = np.hanning(config.n_fft).astype(np.float32)
-    out = np.empty((config.n_fft // 2 + 1, frames.shape[0]), dtype=np.float32)  # (F, frames)
-    for start in range(0, frames.shape[0], 4096):  # bounded memory for long tracks
-        spectrum = np.abs(np.fft.rfft(frames[start : start + 4096] * window, axis=1))  # (chunk, F)
-        out[:, start : start + 4096] = (20.0 * np.log10(spectrum + 1e-9)).T
-    return out
+def fingerprint_spectrogram(audio: np.ndarray, config: FingerprintConfig) -> np.ndarray:
+    """Mono float audio `[T]` at config.sample_rate -> dB magnitudes float32 `[F x frames]` (audio.stft)."""
+    return log_spectrogram(audio, config.n_fft, config.hop, floor=1e-9)
 
 
 def find_peaks(spec: np.ndarray, config: FingerprintConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +96,7 @@ def fingerprint(audio: np.ndarray, sample_rate: int, config: FingerprintConfig =
     out = []
     for k in range(shifts):
         shift = k * config.hop // shifts
-        spec = log_spectrogram(audio[shift:], config)
+        spec = fingerprint_spectrogram(audio[shift:], config)
         bins, frames = find_peaks(spec, config)
         hashes, times = landmark_hashes(bins, frames, config)
         out.append(Fingerprint(hashes=hashes, times=times, frames=spec.shape[1],
