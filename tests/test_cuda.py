@@ -88,6 +88,32 @@ def test_cli_sampling_on_the_gpu_is_seeded(gpu_run, tmp_path):
     assert not np.array_equal(first["l2"], other["l2"])
 
 
+def test_gpu_sampling_auto_precision_is_bf16_and_agrees_with_fp32(gpu_run):
+    """On a GPU with bf16, `auto` samples with bf16 priors and a bf16 KV cache; the top prior's next-code
+    distribution stays close to fp32's (bf16 rounds weights to 8 bits of mantissa, so codes may differ)."""
+    from housebox.generate.pipeline import load_run
+    from housebox.models.conditioning import Labels
+    from housebox.models.prior import Conditioning
+
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    _, run_dir = gpu_run
+    fast, exact = load_run(run_dir, "cuda", precision="auto"), load_run(run_dir, "cuda", precision="fp32")
+    top = fast.top
+    assert fast.priors[top].head.weight.dtype == torch.bfloat16
+    assert fast.priors[top].new_cache(1).keys[0].dtype == torch.bfloat16
+    n_ctx = exact.priors[top].config.n_ctx
+    codes = torch.randint(0, exact.priors[top].config.codebook_size, (2, n_ctx), device="cuda")
+    labels = Labels(artist=torch.zeros(2, dtype=torch.long, device="cuda"),
+                    genres=torch.full((2, exact.priors[top].config.max_genres), -1, device="cuda"))
+    cond = Conditioning(labels=labels, start=torch.zeros(2, dtype=torch.long, device="cuda"),
+                        total_tokens=torch.full((2,), n_ctx, device="cuda"))
+    with torch.inference_mode():
+        p_fast = torch.softmax(fast.priors[top](codes, cond).logits.float(), -1)
+        p_exact = torch.softmax(exact.priors[top](codes, cond).logits.float(), -1)
+    assert (p_fast - p_exact).abs().sum(-1).mean() < 0.05  # total variation per position
+
+
 @pytest.mark.parametrize("upsampler", [False, True], ids=["top", "upsampler"])
 def test_sample_codes_on_the_gpu_same_seed_same_codes(upsampler):
     """`sample_codes` on the GPU, factorised attention, several windows, primed and guided: same seed, same codes."""

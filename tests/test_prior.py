@@ -131,6 +131,32 @@ def test_sampling_is_seeded_primed_and_windowed(upsampler):
     assert torch.equal(run(1, cfg_scale=1.0), a)
 
 
+def test_one_kv_cache_serves_every_window_and_stale_entries_are_never_read(monkeypatch):
+    """sample_codes allocates its KV cache once per call (not once per window), and reusing it is safe:
+    a cache that starts full of garbage gives the same codes as a zeroed one, so no step reads a position
+    its own window has not written (what an earlier window left there is never seen)."""
+    prior = tiny_prior()
+    made = []
+    zeroed = prior.new_cache
+
+    def counted(batch, garbage=False):
+        cache = zeroed(batch)
+        if garbage:
+            for buffer in cache.keys + cache.values:
+                buffer.normal_(0, 1e4)
+        made.append(cache)
+        return cache
+
+    def run(garbage):
+        monkeypatch.setattr(prior, "new_cache", lambda batch: counted(batch, garbage))
+        return sample_codes(prior, n_tokens=100, labels=labels(2), cfg_scale=2.0,  # 5 windows of 32, hop 16
+                            generator=torch.Generator().manual_seed(3), progress=False)
+
+    clean = run(False)
+    assert len(made) == 1 and made[0].batch == 4  # one cache for the 5 windows (2 samples x 2 for guidance)
+    assert torch.equal(run(True), clean)
+
+
 def test_sampled_windows_continue_the_context():
     """Beyond n_ctx the next window sees the previous codes: a prior taught to repeat keeps repeating."""
     from housebox.train.loop import StepOutput, TrainConfig, train
@@ -196,6 +222,27 @@ def test_sample_cli_writes_everything_and_is_seeded(run_dir, tmp_path, capsys):
     with np.load(tmp_path / "a" / "codes.npz") as codes:
         assert codes["l2"].shape == (2, 188) and codes["l0"].shape == (2, 188 * 16)
     assert 'src="sample_000.wav"' in (tmp_path / "a" / "index.html").read_text()
+
+
+def test_bf16_sampling_keeps_priors_and_cache_in_bf16_and_is_seeded(run_dir, tmp_path):
+    """`--precision bf16`: every prior's weights and its KV cache are bf16 (the VQ-VAE stays fp32); the
+    tracks are seeded like fp32 ones and come out whole; `auto` is fp32 on a CPU (bf16 on a CUDA GPU with
+    bf16, tested in test_cuda)."""
+    from housebox.generate.pipeline import load_run, sampling_dtype
+
+    assert sampling_dtype("auto", "cpu") == torch.float32 and sampling_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be"):
+        sampling_dtype("fp16", "cpu")
+    run = load_run(run_dir, "cpu", precision="bf16")
+    assert all(p.head.weight.dtype == torch.bfloat16 for p in run.priors.values())
+    assert run.priors[2].new_cache(1).keys[0].dtype == torch.bfloat16
+    assert next(run.vqvae.parameters()).dtype == torch.float32
+    args = ["sample", str(run_dir), "--artist", "Dawn Atlas", "--seconds", "1", "--device", "cpu", "--seed", "7",
+            "--precision", "bf16"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0 and main([*args, "-o", str(tmp_path / "b")]) == 0
+    a, sr = sf.read(tmp_path / "a" / "sample_000.wav")
+    assert np.array_equal(a, sf.read(tmp_path / "b" / "sample_000.wav")[0]) and len(a) == 125 * 128
+    assert np.isfinite(a).all() and np.abs(a).max() > 0
 
 
 def test_unknown_artist_lists_the_known_ones(run_dir, capsys):

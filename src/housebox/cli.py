@@ -144,7 +144,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
-    run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind)
+    run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind, precision=args.precision)
     out = Path(args.output or Path(args.run) / "samples" / time.strftime("%Y%m%d-%H%M%S"))  # where `serve` lists them
     generation = generate(run, settings)
     wavs = write_outputs(out, generation, settings, run)
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masked windows start this share of a window apart (default 0.875; 0.5 recomputes half "
                         "of every window)")
     _add_upsampler_kind_flag(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the priors' weights and KV cache while sampling (default auto: bf16 on a CUDA GPU that "
+                        "supports it, fp32 elsewhere); the VQ-VAE decodes in fp32")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "

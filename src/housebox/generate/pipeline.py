@@ -105,11 +105,27 @@ class Generation:
     clock_bpm: list[float] | None = None  # the tempo each sample's beat clock ran at (None: no clock)
 
 
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu", upsampler_kind: str | None = None) -> Run:
+def sampling_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+    """The priors' weights and KV cache type for sampling: `fp32`, `bf16`, or `auto` (bf16 on a CUDA device
+    that supports it, where sampling reads weights and cache at every step; fp32 elsewhere: on a CPU
+    without native bf16 it is emulated and slower). The VQ-VAE always decodes in fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", upsampler_kind: str | None = None,
+             precision: str = "fp32") -> Run:
     """Find the VQ-VAE and the priors among the model directories inside `run_dir`.
 
     A level may hold an upsampler of each kind (e.g. up_l0 autoregressive and up_l0_masked): `upsampler_kind`
-    chooses; by default the first of PREFERRED_UPSAMPLERS the level has."""
+    chooses; by default the first of PREFERRED_UPSAMPLERS the level has. `precision`: the priors' type for
+    sampling (see `sampling_dtype`)."""
+    dtype = sampling_dtype(precision, device)
     root = Path(run_dir)
     if not root.is_dir():
         raise ValueError(f"{root}: not a run folder")
@@ -138,7 +154,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", upsampler_
         order = ([upsampler_kind] if upsampler_kind else []) + list(PREFERRED_UPSAMPLERS)
         prior_dirs.setdefault(level, kinds[next(k for k in order if k in kinds)])
     vqvae = load_vqvae(vqvae_dir, device)
-    priors = {level: load_prior(d, device) for level, d in prior_dirs.items()}
+    priors = {level: load_prior(d, device).to(dtype) for level, d in prior_dirs.items()}
     top = vqvae.config.levels - 1
     if top not in priors:
         raise ValueError(f"{root}: no top-level prior (level {top}); train one with `housebox train prior --level {top}`")

@@ -239,6 +239,9 @@ def _sample_codes(
     step = _window_step(prior, hop_fraction)
     generator = generator or torch.Generator().manual_seed(0)
     bar = _Progress(n_tokens, known, b, desc, progress)
+    # one cache for every window: each window writes positions 0.. afresh, and attention never reads a
+    # position this window has not written, so what an earlier window left behind is never seen
+    cache = prior.new_cache(b * copies)
     start = 0
     while known < n_tokens:
         while known - start >= config.n_ctx:  # a long prime: slide until the frontier is inside the window
@@ -248,10 +251,9 @@ def _sample_codes(
         context = prior.context(cond)  # (B', n_ctx, D)
         window = codes[:, start : start + length]
         ids = prior.inputs(torch.cat([window] * copies))  # (B * copies, length)
-        cache = prior.new_cache(ids.shape[0])
         given = known - start  # codes of this window already fixed
         position = max(given, 1)
-        logits = prior.step(ids[:, :position], context, cache, 0)[:, -1]  # prefill (at least the start token)
+        logits = prior.step(ids[:, :position], context, cache, 0)[:, -1].float()  # prefill (at least the start token)
         uniforms = torch.rand(length, b, generator=generator).to(device)
         for pos in range(position - 1, length):
             if pos >= given:
@@ -263,7 +265,7 @@ def _sample_codes(
             if pos + 1 < length:
                 next_ids = codes[:, start + pos : start + pos + 1]
                 next_ids = torch.cat([next_ids] * copies)
-                logits = prior.step(next_ids, context, cache, pos + 1)[:, -1]
+                logits = prior.step(next_ids, context, cache, pos + 1)[:, -1].float()
         known = start + length
         start += step
     bar.close()

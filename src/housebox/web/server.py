@@ -214,7 +214,7 @@ class App:
         from housebox.generate.pipeline import load_run
 
         self.settings = settings
-        self.run = load_run(run_dir, device)
+        self.run = load_run(run_dir, device, precision="auto")  # bf16 priors on a GPU that has it
         self.samples_dir = Path(settings.samples_dir or Path(run_dir) / "samples").resolve()
         (self.samples_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(run_dir)
