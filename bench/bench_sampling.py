@@ -19,7 +19,8 @@ same shape, and the README gives those figures with how they were measured.
 
 torch.compile was tried on this step (default; cpp_wrapper; cpp_wrapper + freezing with guard
 evaluation skipped; a static-shape step with a 0-dim position; hand-written attention for inductor
-to fuse) and was never faster than this eager path here, so there is no compiled variant.
+to fuse) and was never faster than this eager path here, so there is no compiled variant. `housebox sample
+--compile` (Prior.graph_step, for CUDA graphs on a GPU) measured 0.70-0.82x eager on this CPU (README).
 """
 
 from __future__ import annotations

@@ -256,13 +256,13 @@ def memory_part(preset: dict, *, steps: int, device: torch.device, budget: Budge
 # ------------------------------------------------------------------------------------ 3. sampling speed
 
 
-def timed_sampling(prior: Prior, labels: Labels, n_tokens: int, *, seed: int) -> float:
+def timed_sampling(prior: Prior, labels: Labels, n_tokens: int, *, seed: int, compiled: bool = False) -> float:
     """Wall seconds of one `sample_codes` run of n_tokens (the GPU's queue drained before and after)."""
     device = prior.head.weight.device
     synchronize(device)
     started = time.perf_counter()
     sample_codes(prior, n_tokens=n_tokens, labels=labels, total_tokens=prior.config.n_ctx,
-                 generator=torch.Generator().manual_seed(seed), progress=False)
+                 generator=torch.Generator().manual_seed(seed), progress=False, compiled=compiled)
     synchronize(device)
     return time.perf_counter() - started
 
@@ -280,22 +280,27 @@ def speed_part(preset: dict, *, depth: int, tokens: int, batches: list[int], rou
     setting = (f"`sample_codes`, width {config.width}, {config.heads} heads of {config.width // config.heads}, "
                f"{depth} layers, n_ctx {config.n_ctx}, {'/'.join(config.attention)}, fp32, {tokens} tokens")
     rows, ok = [], True
-    for b in batches:
+    # batch 1 also in bf16 (`--precision auto` on a GPU with bf16) and compiled (`--compile`: CUDA graphs)
+    bf16 = copy.deepcopy(prior).to(torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    variants = [(1, "fp32", prior, False)] + ([(1, "bf16", bf16, False), (1, "bf16, --compile", bf16, True)]
+                                              if bf16 is not None else [])
+    variants += [(b, "fp32", prior, False) for b in batches if b != 1]
+    for b, kind, model, compiled in variants:
         genres = torch.full((b, config.max_genres), -1, dtype=torch.long, device=device)
         genres[:, 0] = 0
         labels = Labels(artist=torch.zeros(b, dtype=torch.long, device=device), genres=genres)
 
-        label = f"{setting}, batch {b}"
+        label = f"{setting.replace('fp32', kind)}, batch {b}"
         if budget.left() <= 0:
             rows.append(Row("sampling speed", label, f"skipped: over the part's {budget.seconds:.0f} s budget"))
             continue
         try:
-            timed_sampling(prior, labels, min(32, tokens), seed=0)  # warm-up: kernels, allocator
+            timed_sampling(model, labels, min(64 if compiled else 32, tokens), seed=0, compiled=compiled)  # warm-up
             seconds = []
             for seed in range(1, rounds + 1):
                 if seconds and budget.left() <= 0:
                     break
-                seconds.append(timed_sampling(prior, labels, tokens, seed=seed))
+                seconds.append(timed_sampling(model, labels, tokens, seed=seed, compiled=compiled))
         except Exception as error:  # noqa: BLE001 - reported in the table
             rows.append(Row("sampling speed", label, f"error: {type(error).__name__}: {error}"[:200]))
             ok = False
@@ -304,7 +309,7 @@ def speed_part(preset: dict, *, depth: int, tokens: int, batches: list[int], rou
         rows.append(Row("sampling speed", label, f"{b * tokens / median:,.0f} tokens/s "
                                                  f"({1000 * median / tokens:.1f} ms a step, median of {len(seconds)})"))
         print(f"  {label}: {rows[-1].result}", flush=True)
-    del prior, labels
+    del prior, bf16, labels
     free_memory(device)
     return rows, ok
 

@@ -1,4 +1,5 @@
-"""On a CUDA GPU: every model trains a few bf16 steps through the real entry points, sampling is seeded,
+"""On a CUDA GPU: every model trains a few bf16 steps through the real entry points, sampling is seeded (and
+the compiled, CUDA-graph step gives the eager codes; bf16 sampling agrees with fp32),
 the KV-cached step equals the full forward at `jukebox` width, and DDP runs over nccl on two GPUs.
 
 Marked `cuda` and skipped (not failed) without CUDA. `make gpu-check` (bench/gpu_check.py) runs them with
@@ -135,9 +136,9 @@ def test_sample_codes_on_the_gpu_same_seed_same_codes(upsampler):
     upper = torch.randint(0, v, (b, n // 4), generator=torch.Generator().manual_seed(1)) if upsampler else None
     prime = torch.randint(0, v, (b, 20), generator=torch.Generator().manual_seed(2))
 
-    def run(seed: int) -> torch.Tensor:
+    def run(seed: int, compiled: bool = False) -> torch.Tensor:
         codes = sample_codes(prior, n_tokens=n, labels=labels, upper=None if upper is None else upper.to(device),
-                             prime=prime, cfg_scale=2.0, top_p=0.95,
+                             prime=prime, cfg_scale=2.0, top_p=0.95, compiled=compiled,
                              generator=torch.Generator().manual_seed(seed), progress=False)
         assert codes.device.type == "cuda" and codes.shape == (b, n)
         return codes.cpu()
@@ -145,6 +146,8 @@ def test_sample_codes_on_the_gpu_same_seed_same_codes(upsampler):
     a, again, c = run(1), run(1), run(2)
     assert torch.equal(a, again) and not torch.equal(a, c)
     assert torch.equal(a[:, :20], prime) and int(a.max()) < v
+    # `--compile`: the fixed-shape step through torch.compile in CUDA-graph mode gives the eager codes
+    assert torch.equal(run(1, compiled=True), a)
 
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])

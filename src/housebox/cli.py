@@ -140,7 +140,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         beat_guidance=args.beat_guidance,
         seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
         prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
-        bpm=args.bpm, upsample_steps=args.upsample_steps, upsample_hop=args.upsample_hop,
+        bpm=args.bpm, upsample_steps=args.upsample_steps, upsample_hop=args.upsample_hop, compile=args.compile,
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the priors' weights and KV cache while sampling (default auto: bf16 on a CUDA GPU that "
                         "supports it, fp32 elsewhere); the VQ-VAE decodes in fp32")
+    p.add_argument("--compile", action="store_true",
+                   help="run the autoregressive one-token steps through torch.compile (CUDA graphs on a GPU); the "
+                        "first steps compile for seconds; on a 2-core CPU it measured slower than eager (README)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "

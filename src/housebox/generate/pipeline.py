@@ -52,6 +52,7 @@ class SampleSettings:
     # recomputes an eighth of the one before) -- both chosen by measurement (README, "Masked upsamplers")
     upsample_steps: int = 4
     upsample_hop: float = 0.875
+    compile: bool = False  # one-token steps through torch.compile (CUDA graphs on a GPU); eager by default
 
 
 @dataclass
@@ -231,7 +232,7 @@ def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings
                         beats=level_beats(run, grids, level, n_tokens),
                         temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                         cfg_scale=settings.cfg_scale, hop_fraction=settings.hop_fraction, generator=generator,
-                        progress=progress, desc=f"{lead}level {level}")
+                        progress=progress, desc=f"{lead}level {level}", compiled=settings.compile)
 
 
 @torch.inference_mode()
@@ -331,7 +332,8 @@ def generate(run: Run, settings: SampleSettings, progress: bool = True, *, top_c
                                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                                       cfg_scale=settings.cfg_scale, beat_guidance=settings.beat_guidance,
                                       hop_fraction=settings.hop_fraction, generator=generator, progress=progress,
-                                      desc=f"{label}: level {top}" if label else f"level {top}")
+                                      desc=f"{label}: level {top}" if label else f"level {top}",
+                                      compiled=settings.compile)
         else:
             prime = primes.get(level) if not settings.upsample_only else None
             codes[level] = upsample(run, codes[level + 1], level, labels, settings, generator, prime, progress, grids,

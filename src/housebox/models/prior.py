@@ -215,6 +215,12 @@ class Prior(nn.Module):
         weight = self.head.weight
         return self.transformer.new_cache(batch, weight.device, weight.dtype)
 
+    def graph_step(self, ids: Tensor, context: Tensor, cache: KVCache, pos: Tensor) -> Tensor:
+        """`step` for one position given as a 0-dim LongTensor: LongTensor[B x 1] -> logits Tensor[B x V], every
+        shape fixed whatever the position, so `torch.compile` (on CUDA with CUDA graphs) makes one graph."""
+        x = self.token(ids) + context.index_select(1, pos.view(1))  # (B, 1, D)
+        return self.head(self.transformer.graph_step(x, cache, pos))[:, 0]
+
     def step(self, ids: Tensor, context: Tensor, cache: KVCache, pos: int) -> Tensor:
         """Logits for positions pos..pos+t-1 given their input ids LongTensor[B x t] -> Tensor[B x t x V].
 

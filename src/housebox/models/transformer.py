@@ -381,6 +381,33 @@ def block_step(
     return block_apply(x, w, attend)
 
 
+def block_graph_step(
+    x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: Tensor, block_size: int,
+    positions: Tensor, rotary: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """`block_step` for one new position of B sequences, with `pos` a 0-dim LongTensor: every shape fixed
+    whatever the position (the new key and value go in by index, the whole cache is read under the mask of
+    `attention_mask`), so that one compiled graph, or one CUDA graph, serves every step.
+
+    x: Tensor[B x D]; keys, values: Tensor[B x H x n_ctx x hd]; positions: LongTensor[n_ctx], 0..n_ctx-1.
+    """
+    B, H, hd = keys.shape[0], keys.shape[1], keys.shape[3]
+    at = pos.view(1)
+
+    def attend(qkv: Tensor) -> Tensor:  # (B, 3A) -> (B, A)
+        heads = qkv.view(B, 3, H, 1, hd)
+        q, k, v = heads.unbind(1)  # 3 x (B, H, 1, hd)
+        if rotary is not None:
+            q, k = rotate(heads[:, :2], *rotary).unbind(1)
+        keys.index_copy_(2, at, k)
+        values.index_copy_(2, at, v)
+        mask = attention_mask(kind, at, positions, block_size=block_size)  # (1, n_ctx)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, hd)
+        return y.transpose(1, 2).reshape(B, H * hd)
+
+    return block_apply(x, w, attend)
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """Shape of a prior's transformer.
@@ -469,6 +496,7 @@ class KVCache:
         in-place updates are seen; make a new cache after replacing parameters).
     final_weight, final_bias: the final LayerNorm's parameters, fetched likewise.
     prev_mask: BoolTensor[b x 2b] from `prev_block_mask`.
+    positions: LongTensor[n_ctx], 0..n_ctx-1 (the keys' positions, for `graph_step`'s masks).
     """
 
     keys: tuple[Tensor, ...]
@@ -477,6 +505,7 @@ class KVCache:
     final_weight: Tensor
     final_bias: Tensor | None
     prev_mask: Tensor
+    positions: Tensor
 
     @property
     def batch(self) -> int:
@@ -565,7 +594,22 @@ class Transformer(nn.Module):
             final_weight=self.ln_f.weight,
             final_bias=self.ln_f.bias,
             prev_mask=prev_block_mask(c.block_size, device=device),
+            positions=torch.arange(c.n_ctx, device=device),
         )
+
+    def graph_step(self, x: Tensor, cache: KVCache, pos: Tensor) -> Tensor:
+        """`step` for one position given as a 0-dim LongTensor: Tensor[B x 1 x D] -> Tensor[B x 1 x D], with
+        shapes that do not depend on the position (see `block_graph_step`), for `torch.compile` / CUDA graphs."""
+        B, _, D = x.shape
+        rotary = None
+        if self.config.rotary:
+            at = pos.view(1)
+            rotary = (self.rotary_cos.index_select(0, at), self.rotary_sin.index_select(0, at))  # 2 x (1, hd / 2)
+        x = x.reshape(B, D)
+        for kind, weights, keys, values in zip(self.kinds, cache.weights, cache.keys, cache.values):
+            x = block_graph_step(x, weights, keys, values, kind=kind, pos=pos, block_size=self.config.block_size,
+                                 positions=cache.positions, rotary=rotary)
+        return F.layer_norm(x, (D,), cache.final_weight, cache.final_bias).view(B, 1, D)
 
     def step(self, x: Tensor, cache: KVCache, pos: int) -> Tensor:
         """Hidden states for positions pos..pos+t-1, given the cache filled for positions < pos.
