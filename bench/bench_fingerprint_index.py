@@ -1,12 +1,15 @@
-"""`check`'s indexes at catalogue scale (audio fingerprints, melody): build time, size, adding tracks, query time.
+"""`check`'s indexes at catalogue scale (audio fingerprints, melody, codes): build time, size, adding tracks,
+query time.
 
 Writes a synthetic prepared dataset of `--hours` of audio (30-second tracks of tone-and-noise events at
 16 kHz with a steady 120 BPM beat grid; both indexes cost the same whatever the music), then measures for
 each index: building it from scratch (for the melody index: profiling, then calibrating what different
 tracks share, timed apart), loading it again (memory-mapped), adding `--add` new tracks (only they are
 processed), dropping them again, and the median query time for 30-second samples (5 queries: synthetic
-events for the fingerprint, demo tracks for the melody, which needs a beat to track). Peak RSS is printed
-after each step: the indexes are read through memory maps, not into memory.
+events for the fingerprint, demo tracks for the melody, which needs a beat to track, random codes for the
+code index). The code cache is synthetic too: random codes of 2,048 at `jukebox`'s top-level rate (44.1 kHz,
+hop 128: 344.5 tokens a second). Peak RSS is printed after each step: the indexes are read through memory
+maps, not into memory.
 
     taskset -c 1 python bench/bench_fingerprint_index.py --hours 2
 """
@@ -24,10 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from housebox.data.demo_corpus import ARTISTS, render_track
-from housebox.evaluate.originality import load_fingerprint_index, load_melody_index, match_audio, match_melody
+from housebox.evaluate.originality import (
+    load_code_index,
+    load_fingerprint_index,
+    load_melody_index,
+    longest_code_run,
+    match_audio,
+    match_melody,
+)
 from housebox.evaluate.originality.melody import natural_melody
 
 SR, SECONDS = 16000, 30.0
+CODE_RATE, CODE_HOP, CODEBOOK = 44100, 128, 2048  # `jukebox`'s top level
+CODE_TOKENS = int(SECONDS * CODE_RATE / CODE_HOP)
 
 
 def synthetic_track(seed: int) -> np.ndarray:
@@ -53,6 +65,8 @@ def write_rows(data: Path, first: int, count: int) -> list[dict]:
         np.save(data / "audio" / f"{track_id}.npy", (np.clip(synthetic_track(i), -1, 1) * 32767).astype(np.int16))
         beats = np.arange(0.25, SECONDS, 0.5, dtype=np.float32)  # 120 BPM
         np.save(data / "beats" / f"{track_id}.npy", beats)
+        codes = np.random.default_rng(i).integers(0, CODEBOOK, CODE_TOKENS).astype(np.int16)
+        np.save(data / "codes" / "l0" / f"{track_id}.npy", codes)
         rows.append({"id": track_id, "sha256": f"{i:064x}", "artist": f"a{i % 20}", "genres": [],
                      "samples": int(SR * SECONDS), "seconds": SECONDS, "sample_rate": SR, "split": "train",
                      "beats": int(beats.size), "downbeat": 0})
@@ -77,6 +91,9 @@ def main() -> None:
         data = Path(tmp) / "data"
         (data / "audio").mkdir(parents=True)
         (data / "beats").mkdir()
+        (data / "codes" / "l0").mkdir(parents=True)
+        (data / "codes" / "meta.json").write_text(json.dumps({"hops": [CODE_HOP], "sample_rate": CODE_RATE,
+                                                              "codebook_size": CODEBOOK, "weights_sha256": "0" * 64}))
         rows = write_rows(data, 0, tracks)
         extra = write_rows(data, tracks, args.add)
         write_manifest(data, rows)
@@ -86,7 +103,10 @@ def main() -> None:
                 ("fingerprint", load_fingerprint_index, match_audio, "fingerprints",
                  [synthetic_track(10_000_000 + seed) for seed in range(5)]),
                 ("melody", load_melody_index, match_melody, "melody",
-                 [render_track(ARTISTS[seed % 3], SECONDS, SR, seed).mean(axis=0) for seed in range(5)])):
+                 [render_track(ARTISTS[seed % 3], SECONDS, SR, seed).mean(axis=0) for seed in range(5)]),
+                ("code", lambda d: load_code_index(d, 0), lambda index, codes, _: longest_code_run(index, codes),
+                 "code_index/l0", [np.random.default_rng(20_000_000 + seed).integers(0, CODEBOOK, CODE_TOKENS)
+                                   for seed in range(5)])):
             print(f"-- {name} index")
             tick = time.perf_counter()
             index = load(data)
@@ -109,7 +129,7 @@ def main() -> None:
             index = load(data)
             added = time.perf_counter() - tick
             print(f"add {args.add} tracks: {added:.1f} s (only they are processed; the melody calibration "
-                  f"compares only them); peak RSS {rss_mib():.0f} MiB")
+                  f"compares only them, the code calibration is measured again); peak RSS {rss_mib():.0f} MiB")
             write_manifest(data, rows)
             tick = time.perf_counter()
             index = load(data)

@@ -185,6 +185,59 @@ def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path)
     assert "verbatim codes 12.00 s" in _summary(asdict(searched), None)["detail"]
 
 
+def test_code_index_is_stored_and_follows_the_code_cache(tmp_path, monkeypatch):
+    """DATA/code_index/: built once and memory-mapped; a track added to the cache is hashed alone and merged,
+    and the index then equals one built from scratch (runs and calibration included); a track removed, or
+    codes from other VQ-VAE weights, rebuild it."""
+    import json
+
+    import housebox.evaluate.originality.codes as codes_module
+    from housebox.evaluate.originality import load_code_index
+
+    rng = np.random.default_rng(3)
+    codes = {f"t{i}": rng.integers(0, 64, 2000) for i in range(4)}
+    codes["t3"][500:900] = codes["t0"][100:500]  # two tracks share a passage: a calibration to keep
+    tracks = [(t, "A", rng.normal(0, 0.1, SR).astype(np.float32)) for t in codes]
+    data = write_dataset(tmp_path / "data", tracks[:3], {t: codes[t] for t in ("t0", "t1", "t2")})
+    hashed = []
+    kgrams = codes_module._kgrams
+    monkeypatch.setattr(codes_module, "_kgrams", lambda c, *a, **k: hashed.append(len(c)) or kgrams(c, *a, **k))
+
+    def same(a, b) -> bool:
+        return (a.track_ids == b.track_ids and a.natural_tokens == b.natural_tokens and a.ngram == b.ngram
+                and all(np.array_equal(getattr(a, n), getattr(b, n)) for n in ("codes", "starts", "hashes", "positions")))
+
+    first = load_code_index(data, 0)
+    assert hashed == [6000] and isinstance(first.hashes, np.memmap)
+    assert same(load_code_index(data, 0), build_code_index(data, 0)) and hashed == [6000, 6000]  # (from scratch)
+    hashed.clear()
+    load_code_index(data, 0)
+    assert hashed == []  # stored: nothing hashed again
+
+    # a fourth track encoded: only it is hashed, and the result is what a full build gives
+    np.save(data / "codes" / "l0" / "t3.npy", codes["t3"].astype(np.int16))
+    np.save(data / "audio" / "t3.npy", np.zeros(SR, np.int16))
+    row = {"id": "t3", "sha256": "t3" * 4, "artist": "A", "genres": [], "samples": SR, "seconds": 1.0,
+           "sample_rate": SR, "split": "train"}
+    with open(data / "manifest.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    grown = load_code_index(data, 0)
+    assert hashed == [2000] and same(grown, build_code_index(data, 0)) and grown.natural_tokens >= 400
+    sample = codes["t3"][:1200]
+    assert longest_code_run(grown, sample).tokens == longest_code_run(build_code_index(data, 0), sample).tokens
+    hashed.clear()
+
+    # a track removed, or codes of other weights: built anew
+    rows = [r for r in read_manifest(data) if r["id"] != "t1"]
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_code_index(data, 0).track_ids == ("t0", "t2", "t3") and hashed == [6000]
+    meta = json.loads((data / "codes" / "meta.json").read_text())
+    (data / "codes" / "meta.json").write_text(json.dumps({**meta, "weights_sha256": "v" * 64}))
+    hashed.clear()
+    load_code_index(data, 0)
+    assert hashed == [6000]
+
+
 def test_silence_like_code_runs_do_not_count(tmp_path):
     """k-grams that fill the training codes (silence, held notes) identify no passage."""
     rng = np.random.default_rng(1)
@@ -317,7 +370,7 @@ def test_sigkill_while_check_builds_its_indexes_then_again_gives_the_same_verdic
     save_audio(samples / "spliced.wav", audio, SR)
     full, killed = tmp_path / "full", tmp_path / "killed"
     for target in (full, killed):
-        shutil.copytree(demo_data, target, ignore=shutil.ignore_patterns("fingerprints", "melody", "checks"))
+        shutil.copytree(demo_data, target, ignore=shutil.ignore_patterns("fingerprints", "melody", "checks", "code_index"))
     command = [sys.executable, "-m", "housebox", "check", str(samples), "--against"]
     assert subprocess.run([*command, str(full), "-o", str(tmp_path / "out_full")], capture_output=True).returncode == 0
     proc = subprocess.Popen([*command, str(killed), "-o", str(tmp_path / "out_killed")], stdout=subprocess.DEVNULL,

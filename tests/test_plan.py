@@ -123,8 +123,9 @@ def test_disk_plan_for_hours_of_audio() -> None:
     disk = plan_disk(load_preset("tiny"), 2.0, OriginalityConfig())
     assert disk.audio == 2 * 3600 * 16000 * 2  # int16 at 16 kHz
     assert disk.codes == int((2000 + 500 + 125) * 7200 * 2)  # int16 codes at hops 8, 32, 128
-    assert disk.unchecked_levels == ()
-    assert plan_disk(load_preset("jukebox"), 50.0, OriginalityConfig()).unchecked_levels == (0, 1, 2)  # over max_index_tokens
+    assert disk.unchecked_levels == () and disk.code_index == (2000 + 500 + 125) * 7200 * 20  # on disk, 20 B a token
+    # 50 hours of `jukebox`: level 2 (62 M tokens) is searched, levels 1 and 0 are over max_index_tokens
+    assert plan_disk(load_preset("jukebox"), 50.0, OriginalityConfig()).unchecked_levels == (0, 1)
 
 
 def test_plan_command_prints_every_model(capsys) -> None:

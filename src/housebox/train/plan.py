@@ -20,7 +20,7 @@ DDP adds gradient buckets (about one more copy of the gradients) on top.
 
 Disk for `--hours` of audio: prepared audio (int16 at the preset's rate), the code cache
 (int16 codes at every level) and the originality index (landmark hashes on disk, at most what the
-fingerprint settings allow; the k-gram code index `check` builds in memory).
+fingerprint settings allow; the k-gram code index `check` keeps in DATA/code_index/).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class DiskPlan:
     audio: int  # prepared audio: int16 mono at the preset's rate
     codes: int  # code cache: int16 codes at every level
     fingerprints: int  # landmark index on disk, at most (peaks_per_second x fan_out hashes of 12 bytes a second)
-    code_index: int  # k-gram index of the levels `check` searches, in memory while checking
+    code_index: int  # k-gram index of the levels `check` searches, on disk (DATA/code_index/, memory-mapped)
     unchecked_levels: tuple[int, ...]  # levels over max_index_tokens: `check` cannot search their codes
 
 
@@ -261,7 +261,7 @@ def plan_disk(preset: dict[str, dict], hours: float, check) -> DiskPlan:
         audio=int(seconds * vq.sample_rate * 2),
         codes=int(sum(tokens) * 2),
         fingerprints=int(seconds * fp.peaks_per_second * fp.fan_out * entry),
-        code_index=int(sum(tokens[level] for level in searched) * 3 * 8),  # int64 codes, uint64 hashes, int64 positions
+        code_index=int(sum(tokens[level] for level in searched) * (4 + 8 + 8)),  # int32 codes, uint64 hashes, int64 positions
         unchecked_levels=tuple(level for level in range(vq.levels) if level not in searched),
     )
 
@@ -300,8 +300,8 @@ def format_plan(plans: list[ModelPlan], memory_gib: float | None, disk: DiskPlan
                          "(lower the batch, raise grad_accum, or set checkpoint_blocks: true)")
     if disk is not None:
         lines.append(f"for {disk.hours:g} hours of audio: prepared audio {gib(disk.audio)}, code cache {gib(disk.codes)}, "
-                     f"originality index at most {gib(disk.fingerprints)} on disk + {gib(disk.code_index)} "
-                     "of code index in memory while checking")
+                     f"originality indexes at most {gib(disk.fingerprints)} (fingerprints) + {gib(disk.code_index)} "
+                     "(codes) on disk")
         if disk.unchecked_levels:
             levels = ", ".join(map(str, disk.unchecked_levels))
             lines.append(f"  `check` cannot search the codes of level(s) {levels} at this size (over max_index_tokens)")

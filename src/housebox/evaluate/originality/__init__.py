@@ -39,6 +39,7 @@ from housebox.evaluate.originality.check import (
 from housebox.evaluate.originality.codes import (
     CodeIndex,
     build_code_index,
+    load_code_index,
     longest_code_run,
     natural_overlap,
     ngram_hashes,
@@ -77,7 +78,7 @@ from housebox.evaluate.originality.landmarks import (
 __all__ = [
     "INDEX_DIR", "INDEX_VERSION", "VERDICTS", "AudioMatch", "CheckReport", "CodeIndex", "CodeRun", "Fingerprint",
     "FingerprintConfig", "FingerprintIndex", "MelodyConfig", "MelodyIndex", "MelodyMatch", "OriginalityChecker", "OriginalityConfig", "OriginalityError",
-    "SampleOriginality", "build_code_index", "build_fingerprint_index", "check_samples", "find_peaks",
+    "SampleOriginality", "build_code_index", "load_code_index", "build_fingerprint_index", "check_samples", "find_peaks",
     "find_samples", "fingerprint", "format_table", "landmark_hashes", "load_fingerprint_index", "load_melody_index",
     "fingerprint_spectrogram",
     "longest_code_run", "manifest_key", "match_audio", "match_fingerprint", "match_melody", "matched_seconds", "natural_overlap",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from housebox.data.prepare import read_manifest
-from housebox.evaluate.originality.codes import CodeIndex, build_code_index, longest_code_run
+from housebox.evaluate.originality.codes import CodeIndex, load_code_index, longest_code_run
 from housebox.evaluate.originality.common import (
     VERDICTS,
     CheckReport,
@@ -62,10 +62,11 @@ class OriginalityChecker:
         return matches, status
 
     def code_index(self, level: int) -> CodeIndex | str:
-        """The level's k-gram index, or a one-line reason why it cannot be searched."""
+        """The level's k-gram index (stored in DATA/code_index/, memory-mapped), or a one-line reason why it
+        cannot be searched."""
         if level not in self._code_indexes:
             try:
-                self._code_indexes[level] = build_code_index(self.data_dir, level, self.config)
+                self._code_indexes[level] = load_code_index(self.data_dir, level, self.config)
             except OriginalityError as err:
                 self._code_indexes[level] = str(err)
         return self._code_indexes[level]

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from housebox.data.prepare import read_manifest
-from housebox.evaluate.originality.common import CodeRun, OriginalityConfig, OriginalityError
+from housebox.evaluate.originality.common import (
+    CodeRun,
+    OriginalityConfig,
+    OriginalityError,
+    mapped_arrays,
+    write_index,
+)
 from housebox.evaluate.originality.landmarks import _expand
 
 
@@ -25,7 +31,7 @@ class CodeIndex:
     level: int
     ngram: int  # k
     tokens_per_second: float
-    codes: np.ndarray  # int64 [N]: every track's codes, one after the other
+    codes: np.ndarray  # int [N]: every track's codes, one after the other (int32 when stored)
     starts: np.ndarray  # int64 [tracks + 1]: where each track begins in `codes` (and where the last ends)
     hashes: np.ndarray  # uint64 [K], sorted: k-grams that lie inside one track
     positions: np.ndarray  # int64 [K]: where each begins in `codes`
@@ -51,9 +57,14 @@ def ngram_size(tokens_per_second: float, config: OriginalityConfig) -> int:
     return int(min(64, max(config.min_ngram, round(config.ngram_seconds * tokens_per_second))))
 
 
-def build_code_index(data_dir: str | Path, level: int, config: OriginalityConfig = OriginalityConfig()) -> CodeIndex:
-    """k-gram index of one level of `DATA/codes` (written by `housebox encode`)."""
-    data_dir = Path(data_dir)
+INDEX_DIR = "code_index"  # DATA/code_index/l<level>/: the k-gram index of one level, on disk
+INDEX_VERSION = 1
+ARRAYS = ("codes", "starts", "hashes", "positions")
+
+
+def _level_paths(data_dir: Path, level: int, config: OriginalityConfig) -> tuple[dict, list[dict], list[Path], int]:
+    """(the code cache's meta.json, the manifest rows with codes at `level`, their files, their total tokens);
+    OriginalityError when the level cannot be indexed."""
     meta_path = data_dir / "codes" / "meta.json"
     if not meta_path.exists():
         raise OriginalityError(f"{data_dir}: no code cache (run `housebox encode`)")
@@ -65,24 +76,96 @@ def build_code_index(data_dir: str | Path, level: int, config: OriginalityConfig
         raise OriginalityError(f"{data_dir}: the code cache has no level-{level} codes")
     paths = [data_dir / "codes" / f"l{level}" / f"{r['id']}.npy" for r in rows]
     # one map at a time, closed at once (a list of maps would hold a descriptor per track)
-    lengths = np.array([np.load(p, mmap_mode="r").shape[0] for p in paths], dtype=np.int64)
-    if lengths.sum() > config.max_index_tokens:
-        raise OriginalityError(f"{lengths.sum()} training tokens at level {level}, more than max_index_tokens "
+    total = int(sum(np.load(p, mmap_mode="r").shape[0] for p in paths))
+    if total > config.max_index_tokens:
+        raise OriginalityError(f"{total} training tokens at level {level}, more than max_index_tokens "
                                f"({config.max_index_tokens})")
-    tokens_per_second = meta["sample_rate"] / meta["hops"][level]
-    k = ngram_size(tokens_per_second, config)
-    codes = np.concatenate([np.load(p).astype(np.int64) for p in paths])  # (N,): each file read and closed
-    starts = np.concatenate([[0], np.cumsum(lengths)])  # (tracks + 1,)
+    return meta, rows, paths, total
+
+
+def _kgrams(codes: np.ndarray, starts: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, positions) of the k-grams of `codes` (tracks one after another, `starts` [tracks + 1]) that
+    lie inside one track, sorted by hash; positions shifted by `offset`."""
     hashes = ngram_hashes(codes, k)  # (N - k + 1,)
     positions = np.arange(hashes.size, dtype=np.int64)
     track = np.searchsorted(starts, positions, side="right") - 1
     inside = positions + k <= starts[track + 1]  # k-grams across two tracks do not exist
-    hashes, positions = hashes[inside], positions[inside]
+    hashes, positions = hashes[inside], positions[inside] + offset
     order = np.argsort(hashes, kind="stable")
+    return hashes[order], positions[order]
+
+
+def build_code_index(data_dir: str | Path, level: int, config: OriginalityConfig = OriginalityConfig()) -> CodeIndex:
+    """k-gram index of one level of `DATA/codes` (written by `housebox encode`), in memory (no caching;
+    see `load_code_index`)."""
+    data_dir = Path(data_dir)
+    meta, rows, paths, _ = _level_paths(data_dir, level, config)
+    tokens_per_second = meta["sample_rate"] / meta["hops"][level]
+    k = ngram_size(tokens_per_second, config)
+    codes = np.concatenate([np.load(p).astype(np.int64) for p in paths])  # (N,): each file read and closed
+    starts = np.concatenate([[0], np.cumsum([np.load(p, mmap_mode="r").shape[0] for p in paths])]).astype(np.int64)
+    hashes, positions = _kgrams(codes, starts, k)
     index = CodeIndex(level=level, ngram=k, tokens_per_second=tokens_per_second, codes=codes, starts=starts,
-                      hashes=hashes[order], positions=positions[order], track_ids=tuple(r["id"] for r in rows),
+                      hashes=hashes, positions=positions, track_ids=tuple(r["id"] for r in rows),
                       artists=tuple(r["artist"] for r in rows))
     return replace(index, natural_tokens=natural_overlap(index, config))
+
+
+def load_code_index(data_dir: str | Path, level: int, config: OriginalityConfig = OriginalityConfig()) -> CodeIndex:
+    """The level's index stored in `DATA/code_index/l<level>/`, brought up to date and memory-mapped.
+
+    Tracks added to the code cache since are appended (their k-grams merged into the sorted arrays, the
+    calibration measured again); a track gone, or a code cache from other VQ-VAE weights, rebuilds it. The
+    arrays are .npy files read through memory maps (four descriptors, whatever the number of tracks),
+    replaced atomically, meta.json last (common.write_index)."""
+    data_dir = Path(data_dir)
+    meta, rows, paths, _ = _level_paths(data_dir, level, config)
+    folder = data_dir / INDEX_DIR / f"l{level}"
+    tokens_per_second = meta["sample_rate"] / meta["hops"][level]
+    k = ngram_size(tokens_per_second, config)
+    settings = {"ngram": k, "weights_sha256": meta.get("weights_sha256"), "calibration_tracks": config.calibration_tracks,
+                "max_ngram_count": config.max_ngram_count}
+    folder_meta = folder / "meta.json"
+    stored = json.loads(folder_meta.read_text()) if folder_meta.exists() else {}
+    usable = (stored.get("version") == INDEX_VERSION and stored.get("settings") == settings
+              and all((folder / f"{name}.npy").exists() for name in ARRAYS))
+    known = [t["id"] for t in stored.get("tracks", [])] if usable else []
+    current = {r["id"]: r for r in rows}
+    lengths = {t["id"]: t["tokens"] for t in stored.get("tracks", [])} if usable else {}
+    audio = {t["id"]: t.get("sha256") for t in stored.get("tracks", [])}
+    if known and any(t not in current or current[t]["sha256"] != audio[t] for t in known):
+        known, lengths = [], {}  # a track left the cache or changed: positions after it would move, so build anew
+    new_rows = [r for r in rows if r["id"] not in set(known)]
+    if known and not new_rows:
+        arrays = mapped_arrays(folder, ARRAYS)
+        return CodeIndex(level=level, ngram=k, tokens_per_second=tokens_per_second, **arrays,
+                         track_ids=tuple(known), artists=tuple(current[t]["artist"] for t in known),
+                         natural_tokens=int(stored["natural_tokens"]))
+    if known:
+        old = mapped_arrays(folder, ARRAYS)
+        codes, starts = np.asarray(old["codes"]), np.asarray(old["starts"])
+        hashes, positions = np.asarray(old["hashes"]), np.asarray(old["positions"])
+        del old
+    else:
+        codes, starts = np.zeros(0, np.int32), np.zeros(1, np.int64)
+        hashes, positions = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    added = [np.load(data_dir / "codes" / f"l{level}" / f"{r['id']}.npy").astype(np.int32) for r in new_rows]
+    added_starts = np.concatenate([[0], np.cumsum([a.shape[0] for a in added])]).astype(np.int64)
+    add_hashes, add_positions = _kgrams(np.concatenate(added), added_starts, k, offset=int(starts[-1]))
+    at = np.searchsorted(hashes, add_hashes, side="right")  # merge two sorted arrays; equal hashes keep order
+    hashes, positions = np.insert(hashes, at, add_hashes), np.insert(positions, at, add_positions)
+    codes = np.concatenate([codes] + added)
+    starts = np.concatenate([starts, starts[-1] + added_starts[1:]])
+    order = known + [r["id"] for r in new_rows]
+    lengths.update({r["id"]: int(a.shape[0]) for r, a in zip(new_rows, added)})
+    index = CodeIndex(level=level, ngram=k, tokens_per_second=tokens_per_second, codes=codes, starts=starts,
+                      hashes=hashes, positions=positions, track_ids=tuple(order),
+                      artists=tuple(current[t]["artist"] for t in order))
+    natural = natural_overlap(index, config)
+    write_index(folder, {"codes": codes, "starts": starts, "hashes": hashes, "positions": positions},
+                {"version": INDEX_VERSION, "settings": settings, "natural_tokens": natural,
+                 "tracks": [{"id": t, "sha256": current[t]["sha256"], "tokens": lengths[t]} for t in order]})
+    return load_code_index(data_dir, level, config)
 
 
 def natural_overlap(index: CodeIndex, config: OriginalityConfig = OriginalityConfig()) -> int:

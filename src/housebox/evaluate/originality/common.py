@@ -83,7 +83,9 @@ class OriginalityConfig:
     ngram_seconds: float = 0.05  # k of the code k-grams, in seconds of tokens (at least min_ngram)
     min_ngram: int = 4
     max_ngram_count: int = 256  # k-grams more frequent than this in the training codes are ignored
-    max_index_tokens: int = 50_000_000  # levels with more training tokens are not searched
+    # levels with more training tokens are not searched: the index (DATA/code_index/, memory-mapped when
+    # checking) takes ~20 bytes a token on disk and ~40 while it is built (100 M: 50 hours of `jukebox` level 2)
+    max_index_tokens: int = 100_000_000
     # longest passage matching one training track. Measured on the demo corpus (synthetic: an artist's
     # tracks share sample-identical sounds): unrelated tracks of one artist match for at most 3.0 s
     # (60 tracks, leave-one-out), new renders of an artist for at most 3.6 s (180 renders, against a
