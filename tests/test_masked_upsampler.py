@@ -172,3 +172,20 @@ def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path) ->
     assert (tmp_path / "a" / "sample_000.wav").exists()
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["settings"]["upsample_steps"] == 4
+
+
+def test_upper_noise_replaces_that_share_of_the_codes_above_in_training_only() -> None:
+    """`upper_noise`: in a training step, about that share of the level-above codes is replaced by random
+    codes (in range, same shape); 0 leaves them as they are (and draws nothing)."""
+    from housebox.train.prior import corrupt_upper
+
+    upper = torch.randint(0, 64, (8, 512), generator=torch.Generator().manual_seed(0))
+    assert corrupt_upper(upper, 0.0, 64) is upper
+    torch.manual_seed(1)
+    noisy = corrupt_upper(upper, 0.2, 64)
+    changed = (noisy != upper).float().mean().item()
+    assert noisy.shape == upper.shape and noisy.dtype == upper.dtype and 0 <= int(noisy.min()) and int(noisy.max()) < 64
+    assert 0.2 * (1 - 1 / 64) - 0.02 < changed < 0.2 * (1 - 1 / 64) + 0.02  # a replacement may draw the same code
+    with pytest.raises(ValueError, match="upper_noise"):
+        PriorConfig(level=0, codebook_size=64, n_artists=1, n_genres=1, max_genres=1, sample_rate=16000, hop=8,
+                    upper_codebook_size=64, upper_ratio=4, upper_noise=1.0)

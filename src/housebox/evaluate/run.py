@@ -352,7 +352,10 @@ def record_evaluation(run_dir: Path, out_dir: Path) -> None:
     except (OSError, ValueError, AttributeError):
         folders = []
     here = str(out_dir.resolve())
-    write_json(path, {"folders": [f for f in folders if f != here] + [here]})
+    try:
+        write_json(path, {"folders": [f for f in folders if f != here] + [here]})
+    except OSError as err:  # a run folder we may not write to: the evaluation itself still runs
+        print(f"note: {path} not written ({err.strerror}); `serve` will not list this evaluation's samples")
 
 
 def evaluation_folders(run_dir: Path) -> list[Path]:

@@ -66,11 +66,16 @@ class PriorConfig:
     clock_dropout: float = 0.0  # share of windows trained with the clock unknown: lets sampling guide by the clock
     kind: str = "autoregressive"  # or "masked": an upsampler that fills windows in a few passes (module docstring)
     mask_span: int = 1  # masked: hide spans of this many tokens in training
+    # upsamplers: share of the level-above codes replaced by random ones in training, so that an upsampler
+    # conditioned on a top prior's own (less clean) codes has seen imperfect ones (0: off)
+    upper_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", tuple(self.attention))
         if self.upper_codebook_size and self.n_ctx % self.upper_ratio:
             raise ValueError(f"n_ctx {self.n_ctx} must be a multiple of the upper ratio {self.upper_ratio}")
+        if not 0.0 <= self.upper_noise < 1.0:
+            raise ValueError(f"upper_noise must be in [0, 1), got {self.upper_noise}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.masked and not self.is_upsampler:

@@ -81,12 +81,21 @@ def drop_clock(beats: Tensor | None, p: float, generator: torch.Generator | None
     return torch.where(mask[:, None], torch.full_like(beats, float("nan")), beats)
 
 
+def corrupt_upper(upper: Tensor | None, p: float, codebook_size: int) -> Tensor | None:
+    """Each code of the level above replaced by a uniformly random one with probability p (training only)."""
+    if upper is None or p <= 0:
+        return upper
+    replace = torch.rand(upper.shape).to(upper.device) < p
+    return torch.where(replace, torch.randint(0, codebook_size, upper.shape).to(upper.device), upper)
+
+
 def make_step(config: PriorConfig):
     def prior_step(model: torch.nn.Module, batch: PriorBatch) -> StepOutput:
         prior = model.module if hasattr(model, "module") else model
         cond = conditioning(batch, config.is_upsampler)
         cond = dataclasses.replace(cond, labels=prior.labels.drop(cond.labels, config.label_dropout),
-                                   beats=drop_clock(cond.beats, config.clock_dropout))
+                                   beats=drop_clock(cond.beats, config.clock_dropout),
+                                   upper=corrupt_upper(cond.upper, config.upper_noise, config.upper_codebook_size))
         hidden = mask_positions(batch.mask, config.mask_span) if config.masked else None
         out = model(batch.codes, cond, batch.mask, hidden)
         return StepOutput(loss=out.loss, metrics={"bits_per_token": out.loss.detach() / math.log(2)})
