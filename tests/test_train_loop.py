@@ -134,6 +134,29 @@ def test_fp16_gradient_scaler_skips_overflowing_steps_and_resumes_its_scale(tmp_
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_resume_refuses_other_model_settings_but_takes_settings_added_since(tmp_path, capsys):
+    """Resuming with a changed model setting is refused, naming it; a setting the saved run does not name
+    (added to housebox since it was saved) is taken as now set, and said."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from toy_train import batch_fn, make_model
+
+    def step_fn(model, batch):
+        return StepOutput(loss=torch.nn.functional.mse_loss(model(batch["x"]), batch["y"]), metrics={})
+
+    def run(steps, model_settings, resume):
+        return train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=tmp_path, progress=False,
+                     config=TrainConfig(steps=steps, checkpoint_every=2, log_every=2), device="cpu", resume=resume,
+                     describe={"kind": "toy", "model": model_settings})
+
+    run(2, {"width": 32}, False)
+    with pytest.raises(ValueError, match=r"differ from the run being resumed \(width\)"):
+        run(4, {"width": 64}, True)
+    with pytest.raises(ValueError, match=r"\(width\)"):
+        run(4, {"depth": 2}, True)  # a saved setting gone is a difference too
+    assert run(4, {"width": 32, "upper_noise": 0.0}, True).step == 4
+    assert "settings newer than this run, resumed as now set: upper_noise=0.0" in capsys.readouterr().out
+
+
 def wait_for_step(out: Path, at_least: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

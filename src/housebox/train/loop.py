@@ -256,6 +256,23 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
     return rows
 
 
+def _check_same_model(out_dir: Path, saved: dict | None, current: dict | None, say: bool) -> None:
+    """Refuse to resume with other model settings. A setting the saved run does not name at all was added to
+    housebox since it was saved: resuming takes it as set now, and says so."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        if saved != current:
+            raise ValueError(f"{out_dir}: the model settings differ from the run being resumed; use the same preset")
+        return
+    differ = sorted(k for k in saved if current.get(k, object()) != saved[k])
+    if differ:
+        raise ValueError(f"{out_dir}: the model settings differ from the run being resumed ({', '.join(differ)}); "
+                         "use the same preset")
+    new = {k: v for k, v in current.items() if k not in saved}
+    if new and say:
+        print(f"{out_dir}: settings newer than this run, resumed as now set: "
+              + ", ".join(f"{k}={v}" for k, v in sorted(new.items())))
+
+
 def train(
     model: nn.Module,
     *,
@@ -304,8 +321,8 @@ def train(
     if resume and state_path.exists():
         state = load_train_state(state_path, runtime.device)
         saved_describe = json.loads((out_dir / CONFIG).read_text()).get("describe", {})
-        if saved_describe.get("model") != json.loads(json.dumps(describe.get("model"), default=str)):
-            raise ValueError(f"{out_dir}: the model settings differ from the run being resumed; use the same preset")
+        _check_same_model(out_dir, saved_describe.get("model"), json.loads(json.dumps(describe.get("model"), default=str)),
+                          runtime.is_main)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
