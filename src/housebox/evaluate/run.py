@@ -344,13 +344,18 @@ def prior_bits_per_token(run: Run, data_dir: Path, windows: int = 16) -> dict[st
 EVALUATIONS = "evaluations.json"  # in the run folder: where `evaluate` wrote, so `serve` can list its samples
 
 
+def _recorded(path: Path) -> list[str]:
+    """The folders listed in an evaluations.json, oldest first ([] when it is missing or unreadable)."""
+    try:
+        return [f for f in json.loads(path.read_text()).get("folders", []) if isinstance(f, str)]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def record_evaluation(run_dir: Path, out_dir: Path) -> None:
     """Add `out_dir` to the run's list of evaluation folders (newest last, each once)."""
     path = Path(run_dir) / EVALUATIONS
-    try:
-        folders = [f for f in json.loads(path.read_text()).get("folders", []) if isinstance(f, str)]
-    except (OSError, ValueError, AttributeError):
-        folders = []
+    folders = _recorded(path)
     here = str(out_dir.resolve())
     try:
         write_json(path, {"folders": [f for f in folders if f != here] + [here]})
@@ -363,12 +368,8 @@ def evaluation_folders(run_dir: Path) -> list[Path]:
     inside the run folder or directly beside it (the demo's `evaluation` beside `run`) count: a run folder
     from elsewhere cannot point the web page at the rest of the disk."""
     run_dir = Path(run_dir).resolve()
-    try:
-        folders = json.loads((run_dir / EVALUATIONS).read_text()).get("folders", [])
-    except (OSError, ValueError, AttributeError):
-        return []
     found = []
-    for folder in reversed([f for f in folders if isinstance(f, str)]):
+    for folder in reversed(_recorded(run_dir / EVALUATIONS)):
         path = Path(folder).resolve()
         if path.is_dir() and (path.is_relative_to(run_dir) or path.parent == run_dir.parent):
             found.append(path)

@@ -14,6 +14,7 @@ from housebox.evaluate.originality.common import (
     OriginalityConfig,
     OriginalityError,
     mapped_arrays,
+    stored_index,
     write_index,
 )
 from housebox.evaluate.originality.landmarks import _expand
@@ -62,9 +63,9 @@ INDEX_VERSION = 1
 ARRAYS = ("codes", "starts", "hashes", "positions")
 
 
-def _level_paths(data_dir: Path, level: int, config: OriginalityConfig) -> tuple[dict, list[dict], list[Path], int]:
-    """(the code cache's meta.json, the manifest rows with codes at `level`, their files, their total tokens);
-    OriginalityError when the level cannot be indexed."""
+def _level_paths(data_dir: Path, level: int, config: OriginalityConfig) -> tuple[dict, list[dict], list[Path], list[int]]:
+    """(the code cache's meta.json, the manifest rows with codes at `level`, their files, their lengths in
+    tokens); OriginalityError when the level cannot be indexed."""
     meta_path = data_dir / "codes" / "meta.json"
     if not meta_path.exists():
         raise OriginalityError(f"{data_dir}: no code cache (run `housebox encode`)")
@@ -76,11 +77,12 @@ def _level_paths(data_dir: Path, level: int, config: OriginalityConfig) -> tuple
         raise OriginalityError(f"{data_dir}: the code cache has no level-{level} codes")
     paths = [data_dir / "codes" / f"l{level}" / f"{r['id']}.npy" for r in rows]
     # one map at a time, closed at once (a list of maps would hold a descriptor per track)
-    total = int(sum(np.load(p, mmap_mode="r").shape[0] for p in paths))
+    lengths = [int(np.load(p, mmap_mode="r").shape[0]) for p in paths]
+    total = sum(lengths)
     if total > config.max_index_tokens:
         raise OriginalityError(f"{total} training tokens at level {level}, more than max_index_tokens "
                                f"({config.max_index_tokens})")
-    return meta, rows, paths, total
+    return meta, rows, paths, lengths
 
 
 def _kgrams(codes: np.ndarray, starts: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +101,11 @@ def build_code_index(data_dir: str | Path, level: int, config: OriginalityConfig
     """k-gram index of one level of `DATA/codes` (written by `housebox encode`), in memory (no caching;
     see `load_code_index`)."""
     data_dir = Path(data_dir)
-    meta, rows, paths, _ = _level_paths(data_dir, level, config)
+    meta, rows, paths, lengths = _level_paths(data_dir, level, config)
     tokens_per_second = meta["sample_rate"] / meta["hops"][level]
     k = ngram_size(tokens_per_second, config)
     codes = np.concatenate([np.load(p).astype(np.int64) for p in paths])  # (N,): each file read and closed
-    starts = np.concatenate([[0], np.cumsum([np.load(p, mmap_mode="r").shape[0] for p in paths])]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     hashes, positions = _kgrams(codes, starts, k)
     index = CodeIndex(level=level, ngram=k, tokens_per_second=tokens_per_second, codes=codes, starts=starts,
                       hashes=hashes, positions=positions, track_ids=tuple(r["id"] for r in rows),
@@ -119,22 +121,18 @@ def load_code_index(data_dir: str | Path, level: int, config: OriginalityConfig 
     arrays are .npy files read through memory maps (four descriptors, whatever the number of tracks),
     replaced atomically, meta.json last (common.write_index)."""
     data_dir = Path(data_dir)
-    meta, rows, paths, _ = _level_paths(data_dir, level, config)
+    meta, rows, _, _ = _level_paths(data_dir, level, config)
     folder = data_dir / INDEX_DIR / f"l{level}"
     tokens_per_second = meta["sample_rate"] / meta["hops"][level]
     k = ngram_size(tokens_per_second, config)
     settings = {"ngram": k, "weights_sha256": meta.get("weights_sha256"), "calibration_tracks": config.calibration_tracks,
                 "max_ngram_count": config.max_ngram_count}
-    folder_meta = folder / "meta.json"
-    stored = json.loads(folder_meta.read_text()) if folder_meta.exists() else {}
-    usable = (stored.get("version") == INDEX_VERSION and stored.get("settings") == settings
-              and all((folder / f"{name}.npy").exists() for name in ARRAYS))
+    stored, usable = stored_index(folder, INDEX_VERSION, settings, ARRAYS)
     known = [t["id"] for t in stored.get("tracks", [])] if usable else []
     current = {r["id"]: r for r in rows}
-    lengths = {t["id"]: t["tokens"] for t in stored.get("tracks", [])} if usable else {}
     audio = {t["id"]: t.get("sha256") for t in stored.get("tracks", [])}
     if known and any(t not in current or current[t]["sha256"] != audio[t] for t in known):
-        known, lengths = [], {}  # a track left the cache or changed: positions after it would move, so build anew
+        known = []  # a track left the cache or changed: positions after it would move, so build anew
     new_rows = [r for r in rows if r["id"] not in set(known)]
     if known and not new_rows:
         arrays = mapped_arrays(folder, ARRAYS)
@@ -157,14 +155,13 @@ def load_code_index(data_dir: str | Path, level: int, config: OriginalityConfig 
     codes = np.concatenate([codes] + added)
     starts = np.concatenate([starts, starts[-1] + added_starts[1:]])
     order = known + [r["id"] for r in new_rows]
-    lengths.update({r["id"]: int(a.shape[0]) for r, a in zip(new_rows, added)})
     index = CodeIndex(level=level, ngram=k, tokens_per_second=tokens_per_second, codes=codes, starts=starts,
                       hashes=hashes, positions=positions, track_ids=tuple(order),
                       artists=tuple(current[t]["artist"] for t in order))
     natural = natural_overlap(index, config)
     write_index(folder, {"codes": codes, "starts": starts, "hashes": hashes, "positions": positions},
-                {"version": INDEX_VERSION, "settings": settings, "natural_tokens": natural,
-                 "tracks": [{"id": t, "sha256": current[t]["sha256"], "tokens": lengths[t]} for t in order]})
+                {"version": INDEX_VERSION, "config": settings, "natural_tokens": natural,
+                 "tracks": [{"id": t, "sha256": current[t]["sha256"]} for t in order]})
     return load_code_index(data_dir, level, config)
 
 

@@ -237,12 +237,12 @@ class CheckReport:
 # meta.json written last: without meta.json (a run killed while writing) the arrays are not used.
 
 
-def stored_index(folder: Path, version: int, config, arrays: tuple[str, ...]) -> tuple[dict, bool]:
-    """(the folder's meta.json, or {}; whether it was written by this version with these settings and
-    every array is there)."""
+def stored_index(folder: Path, version: int, settings: dict, arrays: tuple[str, ...]) -> tuple[dict, bool]:
+    """(the folder's meta.json, or {}; whether it was written by this version with these settings (its
+    "config", as JSON) and every array is there)."""
     meta_path = folder / "meta.json"
     stored = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    usable = (stored.get("version") == version and stored.get("config") == asdict(config)
+    usable = (stored.get("version") == version and stored.get("config") == settings
               and all((folder / f"{name}.npy").exists() for name in arrays))
     return stored, usable
 

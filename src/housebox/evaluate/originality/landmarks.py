@@ -177,7 +177,7 @@ def load_fingerprint_index(data_dir: str | Path, config: FingerprintConfig = Fin
     rows = read_manifest(data_dir)
     if not rows:
         raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
-    stored, usable = stored_index(folder, INDEX_VERSION, config, ARRAYS)
+    stored, usable = stored_index(folder, INDEX_VERSION, asdict(config), ARRAYS)
     known = {t["id"]: (i, t["sha256"]) for i, t in enumerate(stored.get("tracks", []))} if usable else {}
     current = {r["id"]: r for r in rows}
     kept = [t for t, (_, sha) in known.items() if t in current and current[t]["sha256"] == sha]  # stored order

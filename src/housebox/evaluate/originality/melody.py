@@ -119,7 +119,7 @@ def load_melody_index(data_dir: str | Path, config: MelodyConfig = MelodyConfig(
     rows = read_manifest(data_dir)
     if not rows:
         raise OriginalityError(f"{data_dir}: no prepared tracks (run `housebox prepare` first)")
-    stored, usable = stored_index(folder, INDEX_VERSION, config, ARRAYS)
+    stored, usable = stored_index(folder, INDEX_VERSION, asdict(config), ARRAYS)
     current = {r["id"]: r for r in rows}
     known = {t["id"]: t for t in stored.get("tracks", [])} if usable else {}
     kept = [t for t, info in known.items() if t in current and current[t]["sha256"] == info["sha256"]]
