@@ -301,6 +301,7 @@ def test_jobs_report_tokens_can_be_cancelled_and_stop_at_the_time_limit(server, 
     done = wait_done(server, first["job"])
     assert done["state"] == "done" and done["progress"]["done"] == done["progress"]["total"] == 2 * 500
     assert done["progress"]["what"] == "level 2, 2 tracks"
+    assert set(done["progress"]) == {"what", "done", "total"}  # nothing internal (the throttle's clock) leaks out
     report = json.loads((server.app.samples_dir / done["folder"] / "report.json").read_text())
     assert {k: report["settings"][k] for k in ("top_k", "top_p", "cfg_scale", "beat_guidance")} == {
         "top_k": 40, "top_p": 0.9, "cfg_scale": 1.5, "beat_guidance": 2.0}

@@ -92,6 +92,7 @@ class Job:
     version: int = 0  # bumped on every change, for long polling
     cancel: bool = False  # asked to stop
     progress: dict = field(default_factory=dict)  # {"what", "done", "total"}: tokens of the sampling now running
+    progress_announced: float = 0.0  # when a progress change last bumped `version` (throttles long polling)
 
 
 class JobQueue:
@@ -158,10 +159,9 @@ class JobQueue:
     def report_progress(self, job: Job, what: str, done: int, total: int) -> None:
         """Record a running job's tokens (a new version at most every half second, for long polling)."""
         with self._changed:
-            last = job.progress.get("at", 0.0)
             job.progress.update(what=what, done=done, total=total)
-            if time.time() - last > 0.5 or done == total:
-                job.progress["at"] = time.time()
+            if time.time() - job.progress_announced > 0.5 or done == total:
+                job.progress_announced = time.time()
                 job.version += 1
                 self._changed.notify_all()
 
@@ -354,41 +354,41 @@ class App:
         server runs): listed and served as `evaluation/ARTIST` (`evaluation-2/...` an older one), never written."""
         return _evaluation_samples(self.run_dir)
 
-    def _roots(self) -> list[tuple[str, Path]]:
-        """(name prefix, folder) of every folder that holds sample folders: the samples folder first."""
-        return [("", self.samples_dir)] + [(f"{prefix}/", root) for prefix, root in self.evaluation_dirs.items()]
-
-    def _sample_folders(self) -> list[tuple[str, Path]]:
-        """(name, folder) of every listable sample folder."""
+    def _sample_folders(self, evaluations: dict[str, Path]) -> list[tuple[str, Path]]:
+        """(name, folder) of every listable sample folder: the samples folder's, then the evaluations'."""
         found = []
-        for prefix, root in self._roots():
+        roots = [("", self.samples_dir)] + [(f"{prefix}/", root) for prefix, root in evaluations.items()]
+        for prefix, root in roots:
             if root.is_dir():
                 found += [(prefix + p.name, p) for p in root.iterdir()
                           if p.is_dir() and FOLDER_NAME.match(p.name) and (p / "report.json").is_file()]
         return found
 
-    def _split(self, relative: str) -> tuple[Path, str]:
-        """(root folder, path inside it) of `NAME/...` where NAME may start with an evaluation's prefix."""
+    def _split(self, relative: str, evaluations: dict[str, Path] | None = None) -> tuple[Path, str]:
+        """(root folder, path inside it) of `NAME/...` where NAME may start with an evaluation's prefix
+        (`evaluations`: the run's, read once by a caller that splits many names; read here otherwise)."""
         prefix, _, rest = relative.partition("/")
-        evaluations = self.evaluation_dirs
+        evaluations = self.evaluation_dirs if evaluations is None else evaluations
         if prefix in evaluations and rest:
             return evaluations[prefix], rest
         return self.samples_dir, relative
 
-    def _folder(self, name: str) -> Path:
-        """The folder of sample `name` (`FOLDER` in the samples folder, `evaluation/ARTIST` of an evaluation)."""
-        root, folder_name = self._split(name)
+    def _folder(self, name: str, evaluations: dict[str, Path] | None = None) -> tuple[Path, bool]:
+        """The folder of sample `name` (`FOLDER` in the samples folder, `evaluation/ARTIST` of an evaluation),
+        and whether it is in the samples folder."""
+        root, folder_name = self._split(name, evaluations)
         if not FOLDER_NAME.match(folder_name) or not (root / folder_name / "report.json").is_file():
             raise RequestError(f"no sample {name!r}", HTTPStatus.NOT_FOUND)
-        return root / folder_name
+        return root / folder_name, root == self.samples_dir
 
     def samples(self, limit: int = 50) -> list[dict]:
-        folders = self._sample_folders()
+        evaluations = self.evaluation_dirs  # read once for the whole listing
+        folders = self._sample_folders(evaluations)
         folders.sort(key=lambda named: (named[1] / "report.json").stat().st_mtime, reverse=True)
-        return [self.sample(name) for name, _ in folders[:limit]]
+        return [self.sample(name, evaluations) for name, _ in folders[:limit]]
 
-    def sample(self, name: str) -> dict:
-        folder = self._folder(name)
+    def sample(self, name: str, evaluations: dict[str, Path] | None = None) -> dict:
+        folder, by_sample = self._folder(name, evaluations)
         report = json.loads((folder / "report.json").read_text())
         settings = report.get("settings", {})
         checked = report.get("originality", {}).get("samples", {})
@@ -399,7 +399,7 @@ class App:
             result = checked.get(wav)
             tracks.append({"file": wav, "url": f"{url}/{wav}", "originality": _summary(result, problem)})
         return {"name": name, "created": round((folder / "report.json").stat().st_mtime, 1),
-                "made_by": "sample" if self._split(name)[0] == self.samples_dir else "evaluate",
+                "made_by": "sample" if by_sample else "evaluate",
                 "artist": settings.get("artist"), "genres": settings.get("genres", []),
                 "seconds": report.get("seconds"), "temperature": settings.get("temperature"),
                 "seed": report.get("seed"), "prime": bool(settings.get("prime")), "tracks": tracks,
