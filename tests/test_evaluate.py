@@ -313,8 +313,10 @@ def test_ctrl_c_stops_the_whole_demo_and_the_same_command_continues(tmp_path):
     assert "run the same `housebox demo` command again" in out and "--resume" not in out
     stages = json.loads(plan_path.read_text())["stages"]
     names = [s["name"] for s in stages]
-    assert stages[names.index("prior_l2")]["finished"] is False  # stopped in the prior...
-    assert not any(s["started"] for s in stages[names.index("prior_l2") + 1:])  # ...and nothing trained after it
+    # stopped in the prior (or, when the signal came during its last step and checkpoint, right after it: that
+    # race made this test flaky while such a Ctrl-C was swallowed), and nothing trained after it
+    assert stages[names.index("prior_l2")]["started"]
+    assert not any(s["started"] for s in stages[names.index("prior_l2") + 1:])
     assert not (tmp_path / "evaluation").exists()
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

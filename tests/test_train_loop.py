@@ -205,6 +205,52 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(tmp_path):
     assert same_weights(full, stopped)
 
 
+@pytest.mark.parametrize("at_step", [3, 6])
+def test_a_stop_request_is_reported_also_when_it_arrives_in_the_last_step(tmp_path, at_step):
+    """SIGINT in a step: before the last, the run checkpoints and stops (interrupted); in the last, the run
+    has finished but says a stop was asked, so `train all` and the demo start nothing after it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from toy_train import batch_fn, make_model
+
+    calls = []
+
+    def step_fn(model, batch):
+        calls.append(1)
+        if len(calls) == at_step:
+            signal.raise_signal(signal.SIGINT)  # the loop's handler turns it into a request
+        return StepOutput(loss=torch.nn.functional.mse_loss(model(batch["x"]), batch["y"]), metrics={})
+
+    config = TrainConfig(steps=6, lr=1e-2, warmup_steps=1, checkpoint_every=100, log_every=1)
+    result = train(make_model(), step_fn=step_fn, batch_fn=batch_fn, out_dir=tmp_path, config=config,
+                   describe={"kind": "toy", "model": {}}, device="cpu", progress=False)
+    assert result.stop_requested and result.step == at_step
+    assert result.interrupted == (at_step < config.steps)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_train_all_starts_no_stage_after_one_whose_last_step_was_asked_to_stop(tmp_path, monkeypatch):
+    import housebox.train.all as train_all_module
+    from housebox.config import load_preset
+
+    calls = []
+
+    def finished_but_asked_to_stop(kind):
+        def fake(*args, **kwargs):
+            calls.append(kind)
+            return TrainResult(step=1, interrupted=False, last_metrics={}, stop_requested=kind == "prior")
+        return fake
+
+    monkeypatch.setattr(train_all_module, "train_vqvae", finished_but_asked_to_stop("vqvae"))
+    monkeypatch.setattr(train_all_module, "encode_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(train_all_module, "train_prior", finished_but_asked_to_stop("prior"))
+    run = tmp_path / "run"
+    result = train_all_module.train_all(tmp_path / "data", run, load_preset("tiny"), device="cpu", progress=False,
+                                        resume_hint="run it again")
+    assert result.interrupted and calls == ["vqvae", "prior"]
+    stages = {s["name"]: s for s in json.loads((run / "plan.json").read_text())["stages"]}
+    assert stages["prior_l2"]["finished"] and not stages["up_l1"]["started"]
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_torchrun_two_cpu_processes_stay_identical(tmp_path, grad_accum):
     """DDP over gloo, also with gradient accumulation (no_sync on every micro-batch but the last: a sync

@@ -261,5 +261,9 @@ def train_all(data_dir: str | Path, run_dir: str | Path, preset: dict[str, dict]
             break
         stage.finished = True
         save_plan()
+        if result.stop_requested:  # Ctrl-C during the stage's last step: it finished, nothing after it starts
+            interrupted = True
+            log(f"stopped after {stage.name}; {resume_hint}")
+            break
     return AllResult(stages=stages, interrupted=interrupted, wall_seconds=time.time() - started)
 

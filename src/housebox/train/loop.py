@@ -86,6 +86,7 @@ class TrainResult:
     best_step: int | None = None  # step of the kept weights when selecting; None: the last weights are kept
     best_metrics: dict[str, float] = field(default_factory=dict)  # eval_fn's results at best_step
     last_eval: dict[str, float] = field(default_factory=dict)  # eval_fn's results at the last evaluation
+    stop_requested: bool = False  # SIGINT/SIGTERM arrived, also during the last step (then not `interrupted`)
 
     def validation_summary(self, metric: str, unit: str) -> str:
         """`validation 5.920 bits/token at step 1800 (kept), 6.250 now`; '' when `metric` was never evaluated."""
@@ -460,6 +461,7 @@ def train(
                     tqdm.write(f"stopped at step {step}; checkpoint saved")  # the caller says how to continue
                 break
     bar.close()
+    stop_requested = any_rank(stop.requested, runtime)  # every rank stops after this run when any was asked to
     if writer is not None:
         writer.close()
     in_sync = ranks_agree(model, runtime)
@@ -467,7 +469,7 @@ def train(
         write_json(out_dir / CONFIG, {**run_config(step), "ranks_in_sync": in_sync})
     if not in_sync:
         raise RuntimeError("DDP ranks ended with different weights; please report this as a bug")
-    return TrainResult(step=step, interrupted=interrupted, last_metrics=last,
+    return TrainResult(step=step, interrupted=interrupted, last_metrics=last, stop_requested=stop_requested,
                        best_step=best.step if best is not None else None,
                        best_metrics=dict(best.metrics) if best is not None else {}, last_eval=last_eval)
 
