@@ -297,7 +297,10 @@ def test_ctrl_c_stops_the_whole_demo_and_the_same_command_continues(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "housebox", "demo", "-o", str(tmp_path), "--quick", "--device", "cpu"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # as from a terminal: a job started in the background of a script (as CI may be) inherits SIGINT ignored,
+    # and Python then leaves it ignored outside the training loop's own handler
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     plan_path, deadline = tmp_path / "run" / "plan.json", time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
