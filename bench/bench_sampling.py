@@ -1,9 +1,12 @@
 """Sampling speed of the prior's transformer on CPU: KV-cache steps versus a no-cache baseline.
 
 Jukebox's test prior (`--shape jukebox`, the default): width 128, depth 4, 2 heads, context 1024, 2048
-codes, attention a quarter as wide and an MLP ratio of 1 (0.59 M parameters); or housebox's reference
-prior (`--shape reference`: full-width attention, MLP ratio 4, 1.47 M). Dense and factorised attention,
-and dense with rotary positions (what it costs to rotate queries and keys).
+codes, attention a quarter as wide and an MLP ratio of 1 (0.59 M parameters); housebox's reference
+prior (`--shape reference`: full-width attention, MLP ratio 4, 1.47 M); or the `small` preset's top prior
+(`--shape small-top`: width 256, depth 8, 4 heads, 6.3 M, 25 MB of weights: more than a core's cache).
+Dense and factorised attention, and dense with rotary positions (what it costs to rotate queries and keys).
+Every cached variant packs the layer weights in one column slice per thread (the default of
+`Transformer.new_cache`) but "factorised, unpacked", which reads the module's own tensors.
 A throwaway token + position embedding and a linear head (no LayerNorm) around
 `housebox.models.transformer.Transformer` make each step token-in, logits-out; the next token is
 drawn by inverse-CDF sampling (softmax -> cumsum -> searchsorted, one uniform per row).
@@ -38,7 +41,11 @@ from torch import Tensor
 
 from housebox.models.transformer import Transformer, TransformerConfig
 
-SHAPES = {"jukebox": dict(attention_width=0.25, mlp_ratio=1.0), "reference": dict(attention_width=1.0, mlp_ratio=4.0)}
+SHAPES = {
+    "jukebox": dict(width=128, depth=4, heads=2, attention_width=0.25, mlp_ratio=1.0),
+    "reference": dict(width=128, depth=4, heads=2, attention_width=1.0, mlp_ratio=4.0),
+    "small-top": dict(width=256, depth=8, heads=4, attention_width=1.0, mlp_ratio=4.0),  # `small`'s top prior
+}
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,7 @@ def make_prior(*, attention: tuple[str, ...], vocab: int = 2048, seed: int = 0, 
                shape: str = "jukebox") -> ToyPrior:
     """The prior of one SHAPES with random weights (GPT-2 init for the transformer)."""
     torch.manual_seed(seed)
-    config = TransformerConfig(width=128, depth=4, heads=2, n_ctx=1024, attention=attention, block_size=32,
-                               rotary=rotary, **SHAPES[shape])
+    config = TransformerConfig(n_ctx=1024, attention=attention, block_size=32, rotary=rotary, **SHAPES[shape])
     transformer = Transformer(config).eval()
     D = config.width
     return ToyPrior(
@@ -73,11 +79,13 @@ def inverse_cdf_sample(logits: Tensor, uniform: Tensor) -> Tensor:
     return torch.searchsorted(cdf, uniform).clamp_(max=logits.shape[-1] - 1)
 
 
-def sample_cached(prior: ToyPrior, *, batch: int, tokens: int, seed: int = 0) -> Tensor:
-    """Ancestral sampling with the KV cache: LongTensor[B x tokens]."""
+def sample_cached(prior: ToyPrior, *, batch: int, tokens: int, seed: int = 0,
+                  slices: int | None | str = "auto") -> Tensor:
+    """Ancestral sampling with the KV cache: LongTensor[B x tokens]. `slices`: how the cache packs the layer
+    weights (`Transformer.new_cache`; None: the module's own tensors)."""
     step = prior.transformer.step
     with torch.inference_mode():
-        cache = prior.transformer.new_cache(batch)
+        cache = prior.transformer.new_cache(batch, slices=slices)
         uniforms = torch.rand(tokens, batch, 1, generator=torch.Generator().manual_seed(seed))  # all at once
         out = torch.zeros(batch, tokens, dtype=torch.long)
         token = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
@@ -169,6 +177,10 @@ def main() -> None:
     variants: dict[str, tuple[Callable[[int], Tensor], int]] = {}
     for name, prior in priors.items():
         variants[f"cache {name}"] = (lambda b, p=prior: sample_cached(p, batch=b, tokens=args.tokens), args.tokens)
+    factorised = priors["row/column/prev_block"]
+    variants["cache factorised, unpacked"] = (  # the layer weights as the module holds them, one slice
+        lambda b: sample_cached(factorised, batch=b, tokens=args.tokens, slices=None), args.tokens
+    )
     dense = priors["dense"]
     variants["no cache dense"] = (
         lambda b: sample_uncached(dense, batch=b, tokens=args.baseline_tokens), args.baseline_tokens
@@ -205,6 +217,12 @@ def main() -> None:
         baseline = statistics.median(rate.wall for rate in results[("no cache dense", count, batch)])
         of_floor = f"{100 * wall / floor:7.0f}%" if batch == 1 else f"{'-':>8s}"
         print(f"{name:28s} {count:7d} {batch:5d} {wall:9.0f} {wall / baseline:10.1f}x {of_floor} {cpu:17.0f}")
+    print("packed / unpacked layer weights, factorised (medians of this run):")
+    for count in threads:
+        for batch in args.batches:
+            packed, unpacked = (statistics.median(rate.wall for rate in results[(name, count, batch)])
+                                for name in ("cache row/column/prev_block", "cache factorised, unpacked"))
+            print(f"  {count} thread(s), batch {batch}: {packed / unpacked:.2f}x")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,17 @@ def cond(prior: Prior, b: int, start: int = 0) -> Conditioning:
 @pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])
 @pytest.mark.parametrize("upsampler", [False, True])
 @pytest.mark.parametrize("attention", [("dense",), ("row", "column", "prev_block")])
-def test_cached_steps_equal_full_forward(upsampler, attention, rotary):
+@pytest.mark.parametrize("slices", [None, 2], ids=["own-weights", "packed"])
+def test_cached_steps_equal_full_forward(upsampler, attention, rotary, slices):
+    """Also with the weights and the head packed in two column slices, as a CPU with two threads samples."""
     prior = tiny_prior(upsampler, attention, rotary=rotary)
     c = cond(prior, 2, start=40)
     codes = torch.randint(0, V, (2, prior.config.n_ctx))
     full = prior(codes, c).logits
     context = prior.context(c)
     ids = prior.inputs(codes)
-    cache = prior.new_cache(2)
+    cache = prior.new_cache(2, slices=slices)
+    assert (cache.head_t is None) == (slices is None)
     prefill = prior.step(ids[:, :5], context, cache, 0)
     steps = [prefill] + [prior.step(ids[:, t : t + 1], context, cache, t) for t in range(5, ids.shape[1])]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)

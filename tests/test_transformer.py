@@ -13,6 +13,8 @@ from housebox.models.transformer import (
     Transformer,
     TransformerConfig,
     TransformerError,
+    affine,
+    pack_linear,
     rotary_tables,
     rotate,
 )
@@ -91,10 +93,11 @@ def gradient_pattern(model: Transformer, x: torch.Tensor) -> torch.Tensor:
     return seen
 
 
-def run_steps(model: Transformer, x: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+def run_steps(model: Transformer, x: torch.Tensor, chunks: list[int],
+              slices: int | None | str = "auto") -> torch.Tensor:
     """Feed x Tensor[B x T x D] through `step` in chunks of the given sizes -> Tensor[B x T x D]."""
     with torch.inference_mode():
-        cache = model.new_cache(x.shape[0], device=x.device, dtype=x.dtype)
+        cache = model.new_cache(x.shape[0], device=x.device, dtype=x.dtype, slices=slices)
         outputs, pos = [], 0
         for size in chunks:
             outputs.append(model.step(x[:, pos : pos + size], cache, pos))
@@ -117,6 +120,39 @@ def test_steps_equal_forward(attention: tuple[str, ...], batch: int, rotary: boo
     for got in (one_by_one, prefilled, mid_prefill):
         assert got.shape == expected.shape
         assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("slices", [None, 1, 2, 3])
+def test_packed_weights_step_equals_forward(slices: int | None) -> None:
+    """The cache's weights packed in column slices (what a CPU step reads: one slice per thread) give the
+    forward's outputs; 3 slices divide the fused QKV (48 columns) but not the output projection (16), which
+    stays one contiguous matrix."""
+    model = tiny(("row", "column", "prev_block", "dense"))
+    x = torch.randn(2, 22, 16, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = model(x)
+        w = model.new_cache(2, slices=slices).weights[0]
+    own = model.blocks[0].attn.qkv.weight
+    if slices is None:
+        assert w.qkv_t.data_ptr() == own.data_ptr()  # the module's own tensor
+    else:
+        assert w.qkv_t.is_contiguous() and w.qkv_t.data_ptr() != own.data_ptr()
+        assert w.qkv_t.shape == ((16, 48) if slices == 1 else (slices, 16, 48 // slices))
+        assert w.proj_t.shape == ((slices, 16, 16 // slices) if slices == 2 else (16, 16))
+    for chunks in ([1] * 22, [7] + [1] * 15):
+        assert (run_steps(model, x, chunks, slices) - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("slices", [1, 2, 4, 5])
+def test_affine_packed_equals_plain(slices: int) -> None:
+    """`affine` on `pack_linear`'s slices is the plain x @ W^T + b, with and without a bias."""
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 12, generator=g), torch.randn(20, 12, generator=g), torch.randn(20, generator=g)
+    for bias in (b, None):
+        expected = x @ w.t() + (0 if bias is None else bias)
+        packed = pack_linear(w.t(), bias, slices)
+        assert packed[0].dim() == (3 if slices > 1 and 20 % slices == 0 else 2)
+        assert (affine(x, *packed) - expected).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["learned", "rotary"])

@@ -239,8 +239,8 @@ def _add_upsampler_kind_flag(p: argparse.ArgumentParser) -> None:
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default: torch's, or OMP_NUM_THREADS); autoregressive sampling "
-                        "steps always use one (measured fastest on CPU)")
+                   help="CPU threads for torch (default: torch's, or OMP_NUM_THREADS); sampling steps use them "
+                        "too (each thread reads a slice of the weights)")
 
 
 def _add_training_flags(p: argparse.ArgumentParser, output: str = "model directory to write") -> None:

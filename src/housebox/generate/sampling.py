@@ -176,8 +176,7 @@ def _window_step(prior: Prior, hop_fraction: float) -> int:
 
 @contextmanager
 def sampling_threads(device: torch.device, threads: int | None):
-    """Token-by-token sampling is overhead-bound: on CPU one thread is as fast as two or faster
-    (OpenMP fork/join costs more than the second core gives; see PERFORMANCE.md)."""
+    """Run with `threads` torch threads on a CPU (None: leave torch's setting), restoring it after."""
     if device.type != "cpu" or threads is None:
         yield
         return
@@ -201,8 +200,12 @@ def compiled_step(prior: Prior):
     return step
 
 
-def sample_codes(prior: Prior, *, threads: int | None = 1, **kwargs) -> Tensor:
-    """See `_sample_codes`; on CPU, runs with `threads` threads (None: leave torch's setting)."""
+def sample_codes(prior: Prior, *, threads: int | None = None, **kwargs) -> Tensor:
+    """See `_sample_codes`; on CPU, runs with `threads` threads (None: torch's setting). The cache packs the
+    weights in one column slice per thread (`Transformer.new_cache`): a step of a prior whose weights outgrow
+    the CPU's cache is bound by reading them, and two threads read them ~1.9x faster than one (the `small`
+    top prior; a prior that fits in the cache is as fast either way: bench/bench_sampling.py). Packed
+    weights round like the module's own to ~1e-6, so a draw that falls on a boundary can differ."""
     with sampling_threads(prior.head.weight.device, threads):
         return _sample_codes(prior, **kwargs)
 

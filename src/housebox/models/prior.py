@@ -16,7 +16,7 @@ Read top-down: PriorConfig -> mask_positions -> Prior (embed -> transformer -> h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from housebox.models.conditioning import (
     TimingEmbedding,
     UpperLevelConditioner,
 )
-from housebox.models.transformer import KVCache, Transformer, TransformerConfig
+from housebox.models.transformer import KVCache, Transformer, TransformerConfig, affine, pack_linear, step_slices
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,14 @@ class Prior(nn.Module):
 
     # ---- incremental decoding (sampling) ------------------------------------------------------
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int, slices: int | None | str = "auto") -> KVCache:
+        """The transformer's cache (`Transformer.new_cache`: "auto" packs the weights on a CPU), holding the
+        output head packed likewise when the layer weights are."""
         weight = self.head.weight
-        return self.transformer.new_cache(batch, weight.device, weight.dtype)
+        if slices == "auto":
+            slices = step_slices(weight.device)
+        cache = self.transformer.new_cache(batch, weight.device, weight.dtype, slices=slices)
+        return cache if slices is None else replace(cache, head_t=pack_linear(weight.t(), None, slices)[0])
 
     def graph_step(self, ids: Tensor, context: Tensor, cache: KVCache, pos: Tensor) -> Tensor:
         """`step` for one position given as a 0-dim LongTensor: LongTensor[B x 1] -> logits Tensor[B x V], every
@@ -232,4 +237,8 @@ class Prior(nn.Module):
         `context` is `self.context(cond)` for the window, computed once per window."""
         t = ids.shape[1]
         x = self.token(ids) + context[:, pos : pos + t]  # (B, t, D)
-        return self.head(self.transformer.step(x, cache, pos))
+        h = self.transformer.step(x, cache, pos)
+        if cache.head_t is None:
+            return self.head(h)
+        B, _, D = h.shape
+        return affine(h.reshape(B * t, D), cache.head_t, None).view(B, t, -1)

@@ -20,12 +20,15 @@ A block has one implementation, `block_apply` (torch.nn.functional on the block'
 the attention differs, passed in as a function): `Block.forward` gives it attention over the whole
 sequence, `block_step` attention against the cache. Sampling goes through `Transformer.step` with a
 `KVCache` made by `Transformer.new_cache`: one preallocated key and value buffer per layer, new keys
-written in place, the layer parameters fetched once per cache. At batch 1 on a CPU a step is bound by
-Python and dispatch overhead, so a single query attends to a view of the cache (a strided view for
-`column`). Call it under `torch.inference_mode()` and make the cache in the same mode; `step` never
-applies dropout. A prime prefilled from position 0 runs the training computation; one that starts
-mid-cache (t > 1, pos > 0) uses an explicit t x (pos + t) mask, so prefill long primes from 0 or
-in chunks. Under autocast the cache may be float32 or the autocast dtype.
+written in place, the layer parameters fetched once per cache. At batch 1 on a CPU a small model's step is
+bound by Python and dispatch overhead, so a single query attends to a view of the cache (a strided view for
+`column`); a larger one's by reading its weights from memory (a matrix-vector product runs on one core),
+so on a CPU the cache holds the linear weights packed in one column slice per thread (`BlockWeights.packed`),
+which `affine` multiplies in one batched kernel spread over the threads. Call it under
+`torch.inference_mode()` and make the cache in the same mode; `step` never applies dropout. A prime
+prefilled from position 0 runs the training computation; one that starts mid-cache (t > 1, pos > 0) uses
+an explicit t x (pos + t) mask, so prefill long primes from 0 or in chunks. Under autocast the cache may be
+float32 or the autocast dtype.
 
 Positions: the prior adds learned absolute embeddings to the input; with `rotary=True` the queries and
 keys of every layer are also rotated by their position (RoPE, Su et al. 2021), so a query-key score
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -263,10 +266,10 @@ class MLP(nn.Module):
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """The parameters of one block, as `block_apply` takes them (fetched once per call for `Transformer.step`).
+    """The parameters of one block, as `block_apply` takes them (fetched once per cache for `Transformer.step`).
 
-    Views of the module's own tensors (in-place updates are seen). Linear weights are transposed
-    views, Tensor[in x out], ready for torch.addmm; biases are None when the model has none.
+    Views of the module's own tensors (in-place updates are seen), or copies from `packed`. Linear weights are
+    transposed views, Tensor[in x out], ready for torch.addmm; biases are None when the model has none.
     """
 
     ln1_weight: Tensor
@@ -282,10 +285,52 @@ class BlockWeights:
     out_t: Tensor
     out_bias: Tensor | None
 
+    def packed(self, slices: int) -> BlockWeights:
+        """The linear weights copied by `pack_linear` into `slices` column slices, for `affine` to spread over as
+        many threads. LayerNorm parameters stay the module's own."""
+        def pack(weight_t: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            return pack_linear(weight_t, bias, slices)
+
+        qkv_t, qkv_bias = pack(self.qkv_t, self.qkv_bias)
+        proj_t, proj_bias = pack(self.proj_t, self.proj_bias)
+        fc_t, fc_bias = pack(self.fc_t, self.fc_bias)
+        out_t, out_bias = pack(self.out_t, self.out_bias)
+        return replace(self, qkv_t=qkv_t, qkv_bias=qkv_bias, proj_t=proj_t, proj_bias=proj_bias, fc_t=fc_t,
+                       fc_bias=fc_bias, out_t=out_t, out_bias=out_bias)
+
+
+def pack_linear(weight_t: Tensor, bias: Tensor | None, slices: int) -> tuple[Tensor, Tensor | None]:
+    """A linear layer's weight_t Tensor[in x out] and bias Tensor[out] as `affine` takes them packed: copies,
+    Tensor[S x in x out/S] and Tensor[S x 1 x out/S]; contiguous Tensor[in x out] and the bias itself when
+    S is 1 or does not divide out (a transposed view is read ~1.4x slower once the weights outgrow the cache)."""
+    n_in, n_out = weight_t.shape
+    if slices <= 1 or n_out % slices:
+        return weight_t.contiguous(), bias
+    w = weight_t.reshape(n_in, slices, n_out // slices).permute(1, 0, 2).contiguous()
+    return w, None if bias is None else bias.reshape(slices, 1, n_out // slices).clone()
+
+
+def step_slices(device: torch.device | str) -> int | None:
+    """How many column slices a cache packs its weights into by default: one per torch thread on a CPU with
+    more than one (a sampling step there is bound by reading the weights), else None: the module's own
+    tensors (on one thread, contiguous copies would read ~1.4x faster, but round differently from what
+    the recorded demo codes were sampled with; `slices=1` asks for them)."""
+    threads = torch.get_num_threads()
+    return threads if torch.device(device).type == "cpu" and threads > 1 else None
+
 
 def affine(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    """x Tensor[N x in] @ weight_t Tensor[in x out] (+ bias Tensor[out]) -> Tensor[N x out], one kernel."""
-    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+    """x Tensor[N x in] @ weight_t (+ bias) -> Tensor[N x out], one kernel.
+
+    weight_t is Tensor[in x out] with bias Tensor[out], or, packed by `BlockWeights.packed`, Tensor[S x in x out/S]
+    with bias Tensor[S x 1 x out/S]: S slices of the output columns, which one batched kernel spreads over S
+    threads (a CPU sampling step is bound by reading the weights from memory, and a single matrix-vector
+    product runs on one core)."""
+    if weight_t.dim() == 2:
+        return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+    x_s = x.expand(weight_t.shape[0], *x.shape)  # (S, N, in), no copy
+    y = torch.bmm(x_s, weight_t) if bias is None else torch.baddbmm(bias, x_s, weight_t)  # (S, N, out / S)
+    return y.transpose(0, 1).reshape(x.shape[0], -1)
 
 
 def block_apply(x: Tensor, w: BlockWeights, attend: Callable[[Tensor], Tensor], dropout_p: float = 0.0) -> Tensor:
@@ -492,8 +537,8 @@ class KVCache:
     """Keys and values of every layer for one sampling run, preallocated to n_ctx.
 
     keys, values: one Tensor[B x H x n_ctx x hd] per layer; position p lives at [:, :, p].
-    weights: every block's parameters, fetched once (the same tensors as the module's, so later
-        in-place updates are seen; make a new cache after replacing parameters).
+    weights: every block's parameters, fetched once: the module's own tensors, or packed copies for a
+        CPU (`BlockWeights.packed`); make a new cache after changing parameters.
     final_weight, final_bias: the final LayerNorm's parameters, fetched likewise.
     prev_mask: BoolTensor[b x 2b] from `prev_block_mask`.
     positions: LongTensor[n_ctx], 0..n_ctx-1 (the keys' positions, for `graph_step`'s masks).
@@ -506,6 +551,7 @@ class KVCache:
     final_bias: Tensor | None
     prev_mask: Tensor
     positions: Tensor
+    head_t: Tensor | None = None  # a prior's output projection, packed likewise (`Prior.new_cache`), or None
 
     @property
     def batch(self) -> int:
@@ -571,17 +617,22 @@ class Transformer(nn.Module):
         return (self.rotary_cos, self.rotary_sin) if self.config.rotary else None
 
     def new_cache(
-        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        slices: int | None | str = "auto",
     ) -> KVCache:
         """Zeroed key/value buffers for `batch` sequences: one Tensor[B x H x n_ctx x hd] each per layer.
 
         Make it in the mode `step` runs in (under torch.inference_mode() for sampling).
-        device / dtype default to the parameters'.
+        device / dtype default to the parameters'. `slices`: the layer weights the cache holds, packed by
+        `BlockWeights.packed` into that many column slices (copies: make a new cache after changing the
+        parameters); None: the module's own tensors; "auto": `step_slices` (one per torch thread on a CPU).
         """
         c = self.config
         reference = self.ln_f.weight
         device = reference.device if device is None else device
         dtype = reference.dtype if dtype is None else dtype
+        if slices == "auto":
+            slices = step_slices(device)
         shape = (batch, c.heads, c.n_ctx, c.head_dim)
 
         def buffers() -> tuple[Tensor, ...]:
@@ -590,7 +641,8 @@ class Transformer(nn.Module):
         return KVCache(
             keys=buffers(),
             values=buffers(),
-            weights=tuple(block.weights() for block in self.blocks),
+            weights=tuple(block.weights() if slices is None else block.weights().packed(slices)
+                          for block in self.blocks),
             final_weight=self.ln_f.weight,
             final_bias=self.ln_f.bias,
             prev_mask=prev_block_mask(c.block_size, device=device),
