@@ -21,19 +21,21 @@ from pathlib import Path
 import torch
 
 from housebox.config import build, load_preset
-from housebox.generate.pipeline import Run, SampleSettings, decode, generate
+from housebox.generate.pipeline import Run, SampleSettings, decode, generate, sampling_dtype
 from housebox.models.prior import Prior
 from housebox.models.vqvae import VQVAE, VQVAEConfig
 from housebox.train.plan import prior_configs
 
 
-def build_run(preset_name: str, upsampler_kind: str | None = None) -> Run:
+def build_run(preset_name: str, upsampler_kind: str | None = None, precision: str = "fp32") -> Run:
     preset = load_preset(preset_name)
     if upsampler_kind:
         preset = {**preset, "upsampler": {**preset["upsampler"], "kind": upsampler_kind}}
     torch.manual_seed(0)
     vqvae = VQVAE(build(VQVAEConfig, preset["vqvae"])).eval()
-    priors = {config.level: Prior(config).eval() for _, config, _ in prior_configs(preset, artists=2, genres=2)}
+    dtype = sampling_dtype(precision, "cpu")
+    priors = {config.level: Prior(config).eval().to(dtype)
+              for _, config, _ in prior_configs(preset, artists=2, genres=2)}
     return Run(root=Path("."), vqvae=vqvae, vqvae_dir=Path("."), priors=priors, prior_dirs={},
                artists=("unknown", "a"), genres=("unknown", "house"))
 
@@ -50,10 +52,12 @@ def main() -> None:
                         help=f"passes per window of masked upsamplers (default {SampleSettings.upsample_steps})")
     parser.add_argument("--upsample-hop", type=float, default=SampleSettings.upsample_hop,
                         help=f"masked window hop, share of a window (default {SampleSettings.upsample_hop})")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                        help="the priors' type, as `housebox sample --precision` (default fp32)")
     parser.add_argument("--compare-unpacked", action="store_true",
                         help="also time, interleaved, sampling steps on the module's own (unpacked) weights")
     args = parser.parse_args()
-    run = build_run(args.preset, args.upsampler_kind)
+    run = build_run(args.preset, args.upsampler_kind, args.precision)
     packed_cache = Prior.new_cache
     unpacked_cache = functools.partialmethod(packed_cache, slices=None)
     modes = ["packed", "unpacked"] if args.compare_unpacked else ["packed"]

@@ -154,7 +154,7 @@ def test_masked_config_is_checked() -> None:
 
 
 @pytest.mark.slow
-def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path) -> None:
+def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path, monkeypatch) -> None:
     run = train_tiny_run(demo_data, tmp_path / "run", vqvae_steps=6, prior_steps=4)
     args = ["--data", str(demo_data), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=4"]
     assert main(["train", "upsampler", "--level", "1", "-o", str(run / "up_l1"), *args]) == 0
@@ -163,6 +163,12 @@ def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path) ->
 
     loaded = load_run(run)
     assert loaded.priors[1].config.kind == "autoregressive" and loaded.priors[0].config.kind == "masked"
+    import housebox.generate.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: True)  # `auto` on such a CPU: bf16 for masked only
+    dtypes = {level: p.head.weight.dtype for level, p in load_run(run, precision="auto").priors.items()}
+    assert dtypes == {2: torch.float32, 1: torch.float32, 0: torch.bfloat16}
+    monkeypatch.undo()
     for name in ("a", "b"):  # the same seed twice
         assert main(["sample", str(run), "--seconds", "1.5", "--seed", "3", "--upsample-steps", "4",
                      "-o", str(tmp_path / name), "--device", "cpu", "--beat-guidance", "1"]) == 0

@@ -257,13 +257,25 @@ def test_sample_cli_writes_everything_and_is_seeded(run_dir, tmp_path, capsys):
     assert 'src="sample_000.wav"' in (tmp_path / "a" / "index.html").read_text()
 
 
+def test_auto_precision_on_a_cpu_is_bf16_for_masked_upsamplers_only_where_bf16_is_native(monkeypatch):
+    """`auto` on a CPU: fp32 where bf16 is emulated; where it is native, bf16 for a masked upsampler (its passes
+    are compute-bound) and still fp32 for autoregressive priors (their one-row steps were slower in bf16)."""
+    import housebox.generate.pipeline as pipeline
+
+    for native in (False, True):
+        monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda native=native: native)
+        assert pipeline.sampling_dtype("auto", "cpu") == torch.float32
+        assert pipeline.sampling_dtype("auto", "cpu", masked=True) == (torch.bfloat16 if native else torch.float32)
+        assert pipeline.sampling_dtype("fp32", "cpu", masked=True) == torch.float32
+
+
 def test_bf16_sampling_keeps_priors_and_cache_in_bf16_and_is_seeded(run_dir, tmp_path):
     """`--precision bf16`: every prior's weights and its KV cache are bf16 (the VQ-VAE stays fp32); the
-    tracks are seeded like fp32 ones and come out whole; `auto` is fp32 on a CPU (bf16 on a CUDA GPU with
-    bf16, tested in test_cuda)."""
+    tracks are seeded like fp32 ones and come out whole (`auto`: the test above; on a CUDA GPU with bf16,
+    test_cuda)."""
     from housebox.generate.pipeline import load_run, sampling_dtype
 
-    assert sampling_dtype("auto", "cpu") == torch.float32 and sampling_dtype("bf16", "cpu") == torch.bfloat16
+    assert sampling_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be"):
         sampling_dtype("fp16", "cpu")
     run = load_run(run_dir, "cpu", precision="bf16")

@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upsampler_kind_flag(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the priors' weights and KV cache while sampling (default auto: bf16 on a CUDA GPU that "
-                        "supports it, fp32 elsewhere); the VQ-VAE decodes in fp32")
+                        "supports it; on a CPU with native bf16, bf16 for masked upsamplers only; fp32 "
+                        "elsewhere); the VQ-VAE decodes in fp32")
     p.add_argument("--compile", action="store_true",
                    help="run the autoregressive one-token steps through torch.compile (CUDA graphs on a GPU); the "
                         "first steps compile for seconds; on a 2-core CPU it measured slower than eager (README)")

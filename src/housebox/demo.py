@@ -66,7 +66,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, device: str = "auto"
     from housebox.generate.pipeline import load_run
     from housebox.train.distributed import pick_device
     from housebox.train.all import train_all
-    from housebox.train.loop import cpu_has_native_bf16
+    from housebox.models.precision import cpu_has_native_bf16
 
     plan = QUICK if quick else FULL
     started = _STARTED[0] = time.time()

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from housebox.models.precision import cpu_has_native_bf16
 from housebox.store import (
     CONFIG,
     FORMAT_VERSION,
@@ -134,17 +135,6 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
             raise ValueError(f"fp16 autocast is for CUDA; on {device.type} use precision=bf16 or fp32")
         return torch.float16, True
     return torch.bfloat16, False
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 BF16). Without it, bf16 autocast on the
-    CPU is emulated and much slower than fp32 (measured on an AVX2-only EPYC: a tiny prior's step 7x
-    slower), so CPU presets choose bf16 only where this is true."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def move_to(batch: Any, device: torch.device) -> Any:

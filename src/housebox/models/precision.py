@@ -1,0 +1,16 @@
+"""Which floating-point type a model should run in on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 BF16). Without it, bf16 on the CPU is
+    emulated and much slower than fp32 (measured on an AVX2-only EPYC: a tiny prior's training step 7x
+    slower), so CPU presets and sampling choose bf16 only where this is true."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
