@@ -33,8 +33,7 @@ def build_run(preset_name: str, upsampler_kind: str | None = None, precision: st
         preset = {**preset, "upsampler": {**preset["upsampler"], "kind": upsampler_kind}}
     torch.manual_seed(0)
     vqvae = VQVAE(build(VQVAEConfig, preset["vqvae"])).eval()
-    dtype = sampling_dtype(precision, "cpu")
-    priors = {config.level: Prior(config).eval().to(dtype)
+    priors = {config.level: Prior(config).eval().to(sampling_dtype(precision, "cpu", config.masked))
               for _, config, _ in prior_configs(preset, artists=2, genres=2)}
     return Run(root=Path("."), vqvae=vqvae, vqvae_dir=Path("."), priors=priors, prior_dirs={},
                artists=("unknown", "a"), genres=("unknown", "house"))
