@@ -23,6 +23,7 @@ import time
 import torch
 
 from housebox.config import load_preset
+from housebox.generate.pipeline import sampling_dtype
 from housebox.generate.sampling import sample_codes, sample_masked
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Prior
@@ -48,9 +49,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--masked-hops", default="0.5",
                         help="masked windows start this share of a window apart, e.g. 0.5,0.875 (default 0.5)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                        help="the models' type, as `housebox sample --precision` (default fp32; auto: bf16 for the "
+                             "masked one on a CPU with native bf16)")
     args = parser.parse_args()
     preset = load_preset(args.preset)
-    models = {"autoregressive": upsampler(preset, "autoregressive"), "masked": upsampler(preset, "masked")}
+    models = {kind: upsampler(preset, kind).to(sampling_dtype(args.precision, "cpu", kind == "masked"))
+              for kind in ("autoregressive", "masked")}
     config = models["masked"].config
     n_tokens = int(args.seconds * config.sample_rate / config.hop) // config.n_ctx * config.n_ctx or config.n_ctx
     seconds = n_tokens * config.hop / config.sample_rate

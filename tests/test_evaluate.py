@@ -225,6 +225,14 @@ def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys):
     assert all(stage in out for stage in stages)
 
 
+def test_stage_flatness_keeps_significant_digits():
+    """A clean tone's flatness (~1e-7) is reported as it is, not rounded to 0 (which reads as impossible)."""
+    from housebox.evaluate.run import _significant
+
+    assert _significant(4.2345e-7, 3) == 4.23e-7 and _significant(0.123456, 3) == 0.123
+    assert _significant(None, 3) is None
+
+
 def test_stages_refuse_a_code_cache_of_other_weights(tiny_run, tmp_path):
     from types import SimpleNamespace
 

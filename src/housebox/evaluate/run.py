@@ -268,7 +268,7 @@ class Measured:
         frechet, kad = distances(features, reference)
         return StageRow(pieces=len(self.beats), seconds=round(self.seconds, 2), beat_strength=_median(self.beats, 3),
                         tempo_error_bpm=_median(self.errors, 2), frechet=frechet, kad=kad,
-                        centroid_hz=_median(self.centroids, 1), flatness=_median(self.flatness, 6))
+                        centroid_hz=_median(self.centroids, 1), flatness=_significant(_median(self.flatness), 4))
 
 
 def distances(features: np.ndarray, reference: np.ndarray) -> tuple[float | None, float | None]:
@@ -550,6 +550,11 @@ def _safe(fn, *args):
         return fn(*args)
     except FeatureError:
         return None
+
+
+def _significant(value: float | None, digits: int) -> float | None:
+    """`value` to `digits` significant digits: a flatness of a clean tone (~1e-7) stays above 0, as it is."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def _median(values, digits: int | None = None) -> float | None:
