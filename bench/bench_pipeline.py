@@ -68,11 +68,11 @@ def main() -> None:
     totals = {mode: [] for mode in modes}
     levels = {mode: {lv: [] for lv in run.priors} for mode in modes}
     decode_times = {1: [], 2: []}
-    threads = torch.get_num_threads()
+    sampling_threads = torch.get_num_threads()  # the decode timings below change torch's setting
     for _ in range(args.rounds):
         for mode in modes:
             Prior.new_cache = packed_cache if mode == "packed" else unpacked_cache
-            torch.set_num_threads(threads)
+            torch.set_num_threads(sampling_threads)
             started = time.perf_counter()
             generation = generate(run, settings, progress=False)
             totals[mode].append(time.perf_counter() - started)
@@ -85,7 +85,7 @@ def main() -> None:
             decode(run.vqvae, generation.codes[0], 0)
             decode_times[threads].append(time.perf_counter() - tick)
     audio = args.seconds * args.n
-    print(f"sampling on {threads} thread(s)")
+    print(f"sampling on {sampling_threads} thread(s)")
     for mode in modes:
         wall = statistics.median(totals[mode])
         print(f"{mode}: generated {args.n} x {args.seconds:g} s in {wall:.1f} s (median of {args.rounds}): "

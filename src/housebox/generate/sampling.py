@@ -203,7 +203,7 @@ def compiled_step(prior: Prior):
 def sample_codes(prior: Prior, *, threads: int | None = None, **kwargs) -> Tensor:
     """See `_sample_codes`; on CPU, runs with `threads` threads (None: torch's setting). The cache packs the
     weights in one column slice per thread (`Transformer.new_cache`): a step of a prior whose weights outgrow
-    the CPU's cache is bound by reading them, and two threads read them ~1.9x faster than one (the `small`
+    the CPU's cache is bound by reading them, and two threads sample ~1.7x faster than one (the `small`
     top prior; a prior that fits in the cache is as fast either way: bench/bench_sampling.py). Packed
     weights round like the module's own to ~1e-6, so a draw that falls on a boundary can differ."""
     with sampling_threads(prior.head.weight.device, threads):

@@ -288,13 +288,10 @@ class BlockWeights:
     def packed(self, slices: int) -> BlockWeights:
         """The linear weights copied by `pack_linear` into `slices` column slices, for `affine` to spread over as
         many threads. LayerNorm parameters stay the module's own."""
-        def pack(weight_t: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            return pack_linear(weight_t, bias, slices)
-
-        qkv_t, qkv_bias = pack(self.qkv_t, self.qkv_bias)
-        proj_t, proj_bias = pack(self.proj_t, self.proj_bias)
-        fc_t, fc_bias = pack(self.fc_t, self.fc_bias)
-        out_t, out_bias = pack(self.out_t, self.out_bias)
+        qkv_t, qkv_bias = pack_linear(self.qkv_t, self.qkv_bias, slices)
+        proj_t, proj_bias = pack_linear(self.proj_t, self.proj_bias, slices)
+        fc_t, fc_bias = pack_linear(self.fc_t, self.fc_bias, slices)
+        out_t, out_bias = pack_linear(self.out_t, self.out_bias, slices)
         return replace(self, qkv_t=qkv_t, qkv_bias=qkv_bias, proj_t=proj_t, proj_bias=proj_bias, fc_t=fc_t,
                        fc_bias=fc_bias, out_t=out_t, out_bias=out_bias)
 
