@@ -1,5 +1,6 @@
-"""Originality: landmark fingerprints find copied passages (also re-encoded), verbatim code runs are
-found with their track and length, unrelated tracks of one artist and fresh samples are not copies."""
+"""Originality: landmark fingerprints find copied passages (also re-encoded), code passages (verbatim or
+with slips) are found with their track and length, unrelated tracks of one artist and fresh samples are not
+copies, samples of a prior overfit on one track are."""
 
 import json
 import shutil
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import train_tiny_run, write_prepared
+from conftest import write_prepared
 from housebox.audio.io import load_audio, resample, save_audio
 from housebox.cli import main
 from housebox.data.demo_corpus import ARTISTS, render_track
@@ -149,6 +150,37 @@ def test_verbatim_code_run_is_found_with_length_and_track(tmp_path):
     assert other_vqvae.longest_code_seconds is None and other_vqvae.detectors["codes"].startswith("not checked")
 
 
+def test_a_code_passage_with_slips_is_followed_to_its_ends(tmp_path):
+    """A prior that memorised a track replays it with slips: 30% of the tokens of an 8-second copy replaced
+    at random. Verbatim runs alone find a fraction of it (a few tokens between slips); the passage is found
+    whole, with its track, both offsets and the share of equal tokens, and it is copied. Random codes share
+    nothing, and a passage is not lengthened by a token equal by chance beside it."""
+    rng = np.random.default_rng(3)
+    codes = {f"t{i}": rng.integers(0, 256, 4000) for i in range(3)}
+    noise = [(t, "A", rng.normal(0, 0.1, SR).astype(np.float32)) for t in codes]
+    data = write_dataset(tmp_path / "data", noise, codes)
+    index = build_code_index(data, level=0)
+    assert index.natural_tokens < index.ngram
+    sample = rng.integers(0, 256, 2000)
+    copy = codes["t2"][1500:2500].copy()
+    slips = rng.random(1000) < 0.3
+    copy[slips] = (copy[slips] + rng.integers(1, 256, slips.sum())) % 256  # surely different
+    copy[:2], copy[-2:] = codes["t2"][1500:1502], codes["t2"][2498:2500]  # the passage's ends are pairs
+    sample[600:1600] = copy
+    sample[597], sample[598], sample[599] = codes["t2"][1497], (codes["t2"][1498] + 1) % 256, (codes["t2"][1499] + 1) % 256
+    run = longest_code_run(index, sample)
+    assert (run.track_id, run.sample_token, run.track_token, run.tokens) == ("t2", 600, 1500, 1000)
+    assert run.agreement == pytest.approx(1 - slips[2:-2].sum() / 1000, abs=0.005)
+    verbatim = longest_code_run(index, sample, OriginalityConfig(min_code_agreement=1.0))
+    assert verbatim.agreement == 1.0 and verbatim.tokens < 60
+    checked = OriginalityChecker(data).check("x.wav", noise[0][2], SR, codes={0: sample}, vqvae_sha256="w" * 64)
+    assert checked.verdict == "copied" and checked.longest_code_seconds == pytest.approx(8.0)
+    unrelated = longest_code_run(index, rng.integers(0, 256, 2000))
+    assert unrelated is None or unrelated.tokens < index.ngram
+    with pytest.raises(ValueError, match="min_code_agreement"):
+        OriginalityConfig(min_code_agreement=0.0)
+
+
 def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path):
     """A level over max_index_tokens, or a sample without codes: `not checked` and why, in the result, the CLI
     table, the sample page and the web page's summary, and the verdict rests on what was checked."""
@@ -181,8 +213,8 @@ def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path)
     page = _originality_table({"against": str(data), "samples": {r.sample: r.to_dict() for r in
                                                                 (searched, skipped)}})
     assert "12.00 s" in page and page.count("not checked") >= 2  # the cell, and its tooltip's reason
-    assert "verbatim codes not checked: level 0" in _summary(asdict(skipped), None)["detail"]
-    assert "verbatim codes 12.00 s" in _summary(asdict(searched), None)["detail"]
+    assert "codes not checked: level 0" in _summary(asdict(skipped), None)["detail"]
+    assert "codes 12.00 s beyond what training tracks share" in _summary(asdict(searched), None)["detail"]
 
 
 def test_code_index_is_stored_and_follows_the_code_cache(tmp_path, monkeypatch):
@@ -302,16 +334,30 @@ def test_check_cli_errors_are_one_line(demo_data, tmp_path, capsys):
 
 # ---- a tiny trained run ----------------------------------------------------------------------
 
-PRIOR_STEPS = 300  # enough for the tiny top prior to learn the corpus (measured: ~2.4 of 6 bits/token)
+# The tiny preset's VQ-VAE at 150 steps: 125-200 of its 256 top-level codes in each demo track, and different
+# tracks share no passage of codes (a 6-step one uses 2-20 codes, the same in every track: every sample would
+# "follow" every track)
+VQVAE_STEPS = 150
+PRIOR_STEPS = 200  # the tiny preset's top prior learns the corpus (measured: ~3.1 of 8 bits/token held out)
 
 
 @pytest.fixture(scope="module")
 def run_dir(demo_data, tmp_path_factory):
-    """VQ-VAE and a top-level prior that has learned its data: samples are decoded from the top level."""
-    return train_tiny_run(demo_data, tmp_path_factory.mktemp("run"), vqvae_steps=6, prior_steps=PRIOR_STEPS)
+    """A VQ-VAE and a top-level prior that has learned its data (its own copy of the demo dataset, encoded
+    by this VQ-VAE, in run_dir.parent / "data"): samples are decoded from the top level."""
+    root = tmp_path_factory.mktemp("run")
+    data, run = root / "data", root / "run"
+    shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("codes", "fingerprints", "melody", "checks",
+                                                                   "code_index"))
+    assert main(["train", "vqvae", "--data", str(data), "-o", str(run / "vqvae"), "--device", "cpu",
+                 "--set", f"vqvae_train.steps={VQVAE_STEPS}"]) == 0
+    assert main(["encode", "--data", str(data), "--vqvae", str(run / "vqvae"), "--device", "cpu"]) == 0
+    assert main(["train", "prior", "--level", "2", "--data", str(data), "-o", str(run / "prior_l2"), "--device", "cpu",
+                 "--set", f"prior_train.steps={PRIOR_STEPS}", "--set", "prior_train.checkpoint_every=100"]) == 0
+    return run
 
 
-def test_fresh_samples_of_a_prior_that_learned_its_data_are_original(run_dir, demo_data, tmp_path, capsys):
+def test_fresh_samples_of_a_prior_that_learned_its_data_are_original(run_dir, tmp_path, capsys):
     """The top prior predicts held-out codes at under half the bits of a uniform guess (it learned the
     corpus, it is not a 10-step prior that can only babble), yet its samples are original. In the same
     check, a "sample" that is a training track's own top-level codes, decoded the same way, is flagged:
@@ -343,16 +389,54 @@ def test_fresh_samples_of_a_prior_that_learned_its_data_are_original(run_dir, de
 
     # the control: 12 s of a training track's own top codes, decoded as a sample is
     run = load_run(run_dir, "cpu")
-    track = tracks_for(demo_data, "train", 16000)[0]["id"]
-    true = torch.from_numpy(np.load(demo_data / "codes" / "l2" / f"{track}.npy").astype(np.int64))
+    data = run_dir.parent / "data"
+    track = tracks_for(data, "train", 16000)[0]["id"]
+    true = torch.from_numpy(np.load(data / "codes" / "l2" / f"{track}.npy").astype(np.int64))
     rate = run.vqvae.config.tokens_per_second(2)
     codes = true[int(2 * rate): int(14 * rate)][None]  # (1, T)
     copied = Generation(codes={2: codes}, audio=decode(run.vqvae, codes, 2), sample_rate=16000, lowest_level=2)
     write_outputs(tmp_path / "copied", copied, SampleSettings(artist="Dawn Atlas", seconds=12.0), run)
-    assert main(["check", str(tmp_path / "copied"), "--against", str(demo_data)]) == 0
+    assert main(["check", str(tmp_path / "copied"), "--against", str(data)]) == 0
     verdict = json.loads((tmp_path / "copied" / "report.json").read_text())["originality"]["samples"]["sample_000.wav"]
     assert verdict["verdict"] != "original" and verdict["longest_code_seconds"] >= CONFIG.suspicious_code_seconds
     assert "codes" in verdict["fired"]
+
+
+def test_samples_of_a_prior_overfit_on_one_track_are_flagged_with_that_track(run_dir, tmp_path, capsys):
+    """A top prior trained past memorising one training track (600 steps on its codes alone, no dropout,
+    the last weights kept), asked for the track's artist, tempo and length, replays it with slips: its
+    samples are copied by the codes detector, naming that track, its offset and the share of equal tokens.
+    Verbatim runs alone find a fraction of each passage."""
+    data = run_dir.parent / "data"
+    track = read_manifest(data)[0]
+    one = tmp_path / "one"  # a dataset of that track alone, sharing the others' files
+    one.mkdir()
+    (one / "manifest.jsonl").write_text(json.dumps(track) + "\n")
+    for name in ("audio", "beats", "codes", "labels.json"):
+        (one / name).symlink_to(data / name)
+    over = tmp_path / "overfit"
+    over.mkdir()
+    (over / "vqvae").symlink_to(run_dir / "vqvae")
+    assert main(["train", "prior", "--level", "2", "--data", str(one), "-o", str(over / "prior_l2"), "--device", "cpu",
+                 "--set", "prior.dropout=0.0", "--set", "prior_train.steps=600",
+                 "--set", "prior_train.checkpoint_every=600"]) == 0
+    out = tmp_path / "samples"
+    assert main(["sample", str(over), "--artist", track["artist"], "--bpm", str(track["bpm"]), "--seconds",
+                 str(track["seconds"]), "-n", "2", "--seed", "4242", "--device", "cpu", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--against", str(data)]) == 0
+    assert "0 original, 0 suspicious, 2 copied" in capsys.readouterr().out
+    checked = json.loads((out / "report.json").read_text())["originality"]["samples"]
+    for result in checked.values():
+        assert result["fired"] == {"codes": "copied"}
+        run = result["code_runs"][0]
+        assert run["track_id"] == track["id"] and run["level"] == 2 and run["natural_seconds"] == 0.0
+        assert run["excess_seconds"] >= 2 * CONFIG.copied_code_seconds and 0.5 <= run["agreement"] < 1.0
+        assert abs(run["sample_start"] - run["track_start"]) < 0.1  # in step with the track
+    verbatim = check_samples(out, data, OriginalityConfig(min_code_agreement=1.0))
+    for result in verbatim.samples:
+        passage = checked[result.sample.split("/")[-1]]["longest_code_seconds"]
+        assert result.longest_code_seconds + 2.0 <= passage, format_table(verbatim)  # measured: 1.7 / 14.5, 5.8 / 9.9 s
 
 
 def test_sigkill_while_check_builds_its_indexes_then_again_gives_the_same_verdicts(demo_data, tmp_path):

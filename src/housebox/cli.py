@@ -393,19 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the samples' originality against the run's training data (see `housebox check`)")
     p.set_defaults(func=_cmd_sample)
 
-    p = verbs.add_parser("check", help="originality: fingerprints and verbatim codes against the training set",
+    p = verbs.add_parser("check", help="originality: fingerprints, melody and codes against the training set",
                          description="Match every audio file under SAMPLES against a prepared dataset: landmark "
-                                     "fingerprints (index kept in DATA/fingerprints) and, for `housebox sample` "
-                                     "folders, runs of codes copied verbatim from DATA/codes. Writes each verdict "
-                                     "into the folder's report.json and prints a table.")
+                                     "fingerprints (index kept in DATA/fingerprints), beat-by-beat pitch "
+                                     "profiles (DATA/melody) and, for `housebox sample` folders, passages of codes "
+                                     "that follow one track of DATA/codes, verbatim or with slips. Writes each "
+                                     "verdict into the folder's report.json and prints a table.")
     p.add_argument("samples", help="an audio file, a sample folder, or a folder of sample folders")
     p.add_argument("--against", required=True, metavar="DATA", help="the prepared dataset the model was trained on")
     p.add_argument("--suspicious-audio", type=float, metavar="S",
                    help="seconds of audio matching one training track that make a sample suspicious (default 5)")
     p.add_argument("--copied-audio", type=float, metavar="S", help="the same, for copied (default 7)")
     p.add_argument("--suspicious-codes", type=float, metavar="S",
-                   help="seconds of codes copied verbatim, beyond what unrelated training tracks share, that make a "
-                        "sample suspicious (default 1)")
+                   help="seconds of codes following one training track (verbatim or with slips), beyond what "
+                        "unrelated training tracks share, that make a sample suspicious (default 1)")
     p.add_argument("--copied-codes", type=float, metavar="S", help="the same, for copied (default 3)")
     p.add_argument("--suspicious-melody", type=float, metavar="S",
                    help="seconds of a passage following one training track's notes, beyond what different "

@@ -76,8 +76,8 @@ def _best_match(r: dict) -> str:
 
 
 def _originality_table(originality: dict) -> str:
-    """Per sample: verdict, seconds matching the training set, longest melody passage and verbatim code
-    run beyond what training tracks share, best match."""
+    """Per sample: verdict, seconds matching the training set, longest melody passage and code passage
+    beyond what training tracks share, best match."""
     rows = []
     for name, r in originality["samples"].items():
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{_verdict_html(r)}</td><td>{r['matched_seconds']:.1f} s</td>"
@@ -86,4 +86,4 @@ def _originality_table(originality: dict) -> str:
                     f"<td>{html.escape(_best_match(r))}</td></tr>")
     return (f"<h2>Originality</h2><p>checked against {html.escape(str(originality.get('against', '')))}</p>"
             "<table><tr><th>sample</th><th>verdict</th><th>matched</th><th>longest passage</th><th>melody</th>"
-            "<th>verbatim codes</th><th>best match</th></tr>" + "".join(rows) + "</table>")
+            "<th>codes</th><th>best match</th></tr>" + "".join(rows) + "</table>")

@@ -467,7 +467,7 @@ def _summary(result: dict | None, problem: str | None) -> dict:
         best = f"best match: {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s"
     codes = result.get("longest_code_seconds")
     status = (result.get("detectors") or {}).get("codes", "")
-    codes_text = (f"verbatim codes {status}" if codes is None else f"verbatim codes {codes:.2f} s"
+    codes_text = (f"codes {status}" if codes is None else f"codes {codes:.2f} s beyond what training tracks share"
                   + (f" ({status})" if "not checked" in status else ""))
     melody = result.get("longest_melody_seconds")
     melody_status = (result.get("detectors") or {}).get("melody", "")

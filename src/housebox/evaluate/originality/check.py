@@ -245,7 +245,8 @@ def best_match(s: SampleOriginality, tracks: dict[str, dict] | None = None) -> s
                     f"{m.semitones:+d} st, {m.tempo:.2f}x, {m.seconds:.1f} s)")
         if detector == "codes" and s.code_runs:
             r = max(s.code_runs, key=lambda r: r.seconds)
-            return f"codes l{r.level}: {_track(r, tracks)} at {r.track_start:.1f} s"
+            slips = f", {r.agreement:.0%} of the codes equal" if r.agreement < 1 else ""
+            return f"codes l{r.level}: {_track(r, tracks)} at {r.track_start:.1f} s ({r.seconds:.1f} s{slips})"
     return ""
 
 
@@ -267,7 +268,7 @@ def format_table(report: CheckReport) -> str:
         melody = "not checked" if s.longest_melody_seconds is None else f"{s.longest_melody_seconds:.2f}s"
         lines.append(f"{name:<40} {verdict:<20} {s.matched_seconds:>7.1f}s {s.longest_match_seconds:>7.1f}s "
                      f"{melody:>11} {code:>11}  {best_match(s, report.tracks)}")
-    for detector, what in (("melody", "melody"), ("codes", "verbatim codes")):
+    for detector, what in (("melody", "melody"), ("codes", "codes")):
         statuses = [s.detectors.get(detector, "") for s in report.samples]
         for status in sorted({st for st in statuses if "not checked" in st}):
             lines.append(f"{what} of {statuses.count(status)} sample(s): {status}")

@@ -1,4 +1,5 @@
-"""Detector (b), the same codes: verbatim runs of a sample's codes in the training code cache."""
+"""Detector (b), the same codes: passages of a sample's codes that follow one training track in the code cache,
+verbatim or with slips."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def ngram_size(tokens_per_second: float, config: OriginalityConfig) -> int:
 
 
 INDEX_DIR = "code_index"  # DATA/code_index/l<level>/: the k-gram index of one level, on disk
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the calibration measures passages with slips, not only verbatim runs
 ARRAYS = ("codes", "starts", "hashes", "positions")
 
 
@@ -126,7 +127,8 @@ def load_code_index(data_dir: str | Path, level: int, config: OriginalityConfig 
     tokens_per_second = meta["sample_rate"] / meta["hops"][level]
     k = ngram_size(tokens_per_second, config)
     settings = {"ngram": k, "weights_sha256": meta.get("weights_sha256"), "calibration_tracks": config.calibration_tracks,
-                "max_ngram_count": config.max_ngram_count}
+                "max_ngram_count": config.max_ngram_count, "code_window_seconds": config.code_window_seconds,
+                "min_code_agreement": config.min_code_agreement}
     stored, usable = stored_index(folder, INDEX_VERSION, settings, ARRAYS)
     known = [t["id"] for t in stored.get("tracks", [])] if usable else []
     current = {r["id"]: r for r in rows}
@@ -166,8 +168,8 @@ def load_code_index(data_dir: str | Path, level: int, config: OriginalityConfig 
 
 
 def natural_overlap(index: CodeIndex, config: OriginalityConfig = OriginalityConfig()) -> int:
-    """Longest verbatim run (tokens) that a training track shares with a *different* training track,
-    over up to config.calibration_tracks tracks evenly spread through the dataset.
+    """Longest code passage (tokens; see `longest_code_run`) that a training track shares with a *different*
+    training track, over up to config.calibration_tracks tracks evenly spread through the dataset.
 
     Coarse codes of similar music (one artist's stock sounds) repeat across unrelated tracks; a
     sample's run is evidence of copying only beyond this length.
@@ -187,13 +189,47 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if differ.size else int(a.size)
 
 
+def _passage(index: CodeIndex, codes: np.ndarray, diagonal: int, track: int,
+             config: OriginalityConfig) -> tuple[int, int, float] | None:
+    """The longest passage of `codes [T]` that follows training track `track` on one diagonal (training
+    position minus sample position, in the index's coordinates): every window of code_window_seconds in it
+    has at least min_code_agreement of its tokens equal, and it runs from the first pair of equal tokens
+    to the last (a lone token equal by chance at either end does not lengthen it). (sample token, tokens,
+    share equal), or None."""
+    lo, hi = int(index.starts[track]), int(index.starts[track + 1])
+    i0, i1 = max(0, lo - diagonal), min(codes.size, hi - diagonal)
+    if i1 <= i0:
+        return None
+    equal = codes[i0:i1] == np.asarray(index.codes[i0 + diagonal : i1 + diagonal])
+    w = max(1, min(equal.size, round(config.code_window_seconds * index.tokens_per_second)))
+    sums = np.concatenate([[0], np.cumsum(equal)])
+    good = (sums[w:] - sums[:-w]) >= config.min_code_agreement * w  # (i1 - i0 - w + 1,): windows by first token
+    edges = np.diff(np.concatenate([[0], good.astype(np.int8), [0]]))
+    first_window, end_window = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if first_window.size == 0:
+        return None
+    paired = equal & (np.concatenate([[False], equal[:-1]]) | np.concatenate([equal[1:], [False]]))
+    hits = np.concatenate([np.flatnonzero(paired), [equal.size]])  # a sentinel past the end
+    first = hits[np.searchsorted(hits, first_window)]  # first paired token of what each run of windows covers ...
+    last = hits[np.maximum(np.searchsorted(hits, end_window - 1 + w) - 1, 0)] + 1  # ... and one past the last
+    length = np.where(last > first, last - first, 0)
+    r = int(np.argmax(length))
+    if length[r] == 0:
+        return None
+    a, b = int(first[r]), int(last[r])
+    return i0 + a, b - a, float(equal[a:b].mean())
+
+
 def longest_code_run(index: CodeIndex, codes: np.ndarray, config: OriginalityConfig = OriginalityConfig(),
                      candidates: int = 8, exclude: tuple[int, int] | None = None) -> CodeRun | None:
-    """The longest run of `codes [T]` found verbatim in one training track, or None below k tokens.
+    """The longest passage of `codes [T]` that follows one training track, or None without a k-gram in common.
 
-    Runs of k-gram hits on one diagonal (training position minus sample position) are seeds; the
-    longest few are checked token by token and extended both ways as far as the codes stay equal.
-    `exclude` is a [start, end) range of the index's codes (one track) not to match against.
+    Verbatim runs: runs of k-gram hits on one diagonal (training position minus sample position) are seeds;
+    the longest few are checked token by token and extended both ways as far as the codes stay equal.
+    Passages with slips (`_passage`): the diagonals of one track with the most k-gram hits are compared
+    token by token along their whole length. The longer of the two is returned (`agreement`: the share of
+    its tokens that are equal). `exclude` is a [start, end) range of the index's codes (one track) not to
+    match against.
     """
     codes = np.asarray(codes, dtype=np.int64)
     k = index.ngram
@@ -232,4 +268,22 @@ def longest_code_run(index: CodeIndex, codes: np.ndarray, config: OriginalityCon
                            seconds=round(tokens / tps, 3), sample_start=round(sample_token / tps, 3),
                            track_start=round(track_token / tps, 3),
                            natural_seconds=round(index.natural_tokens / tps, 3))
+    # passages with slips, on the diagonals (of one track each) with the most hits
+    track = np.searchsorted(index.starts, q + diagonal, side="right") - 1  # (M,), non-decreasing along a diagonal
+    new_group = np.concatenate([[True], (np.diff(diagonal) != 0) | (np.diff(track) != 0)])
+    group_firsts = np.flatnonzero(new_group)
+    hits = np.bincount(np.cumsum(new_group) - 1)
+    for g in np.argsort(-hits, kind="stable")[:candidates]:
+        found = _passage(index, codes, int(diagonal[group_firsts[g]]), int(track[group_firsts[g]]), config)
+        if found is None or (best is not None and found[1] <= best.tokens):
+            continue
+        sample_token, tokens, agreement = found
+        t = int(track[group_firsts[g]])
+        track_token = sample_token + int(diagonal[group_firsts[g]]) - int(index.starts[t])
+        tps = index.tokens_per_second
+        best = CodeRun(level=index.level, track_id=index.track_ids[t], artist=index.artists[t],
+                       sample_token=sample_token, track_token=track_token, tokens=tokens,
+                       seconds=round(tokens / tps, 3), sample_start=round(sample_token / tps, 3),
+                       track_start=round(track_token / tps, 3),
+                       natural_seconds=round(index.natural_tokens / tps, 3), agreement=round(agreement, 3))
     return best

@@ -93,8 +93,15 @@ class OriginalityConfig:
     # 9.2 s, and 9.0 s as mp3 at 22.05 kHz, 6 dB quieter (51 pastes each)
     suspicious_audio_seconds: float = 5.0
     copied_audio_seconds: float = 7.0
-    # longest verbatim run of codes at any level, beyond the longest run that different training
-    # tracks share at that level (measured on the dataset; tiny-VQ-VAE demo: up to 7.8 s at the top level)
+    # a passage of codes follows one training track (on one alignment) where every window of
+    # code_window_seconds inside it has at least min_code_agreement of its tokens equal to the track's; it
+    # runs from the first equal token to the last. A prior that memorised a track replays it with slips
+    # (measured: 40-100% of each quarter second equal, on one alignment for 14 s); unrelated codes agree at
+    # chance (1 / codebook size). A verbatim run is a passage with every token equal
+    code_window_seconds: float = 1.0
+    min_code_agreement: float = 0.5
+    # longest passage of codes at any level, beyond the longest that different training tracks share at
+    # that level (measured on the dataset; tiny-VQ-VAE demo: whole tracks at the top level)
     suspicious_code_seconds: float = 1.0
     copied_code_seconds: float = 3.0
     # longest passage following one training track's notes beat by beat (any sounds, key and tempo), beyond
@@ -106,9 +113,13 @@ class OriginalityConfig:
     copied_melody_seconds: float = 8.0
     calibration_tracks: int = 32  # tracks used to measure what different training tracks share
 
+    def __post_init__(self):
+        if not 0 < self.min_code_agreement <= 1 or not self.code_window_seconds > 0:
+            raise OriginalityError("originality: min_code_agreement must be in (0, 1] and code_window_seconds above 0")
+
     def fired(self, audio_seconds: float, code_seconds: float, melody_seconds: float = 0.0) -> dict[str, str]:
         """Detector -> "copied" or "suspicious", for each detector whose measurement reaches a threshold
-        (the longest matching passage, verbatim code run and melody passage, the last two beyond what
+        (the longest matching passage, code passage and melody passage, the last two beyond what
         different training tracks share)."""
         levels = {}
         for name, value, suspicious, copied in (
@@ -157,7 +168,8 @@ class AudioMatch:
 
 @dataclass(frozen=True)
 class CodeRun:
-    """The longest run of one level's codes found verbatim in the training code cache."""
+    """The longest passage of one level's codes that follows one training track in the code cache: verbatim
+    (agreement 1) or with slips (OriginalityConfig.min_code_agreement)."""
 
     level: int
     track_id: str
@@ -169,10 +181,11 @@ class CodeRun:
     sample_start: float
     track_start: float
     natural_seconds: float = 0.0  # what different training tracks share at this level
+    agreement: float = 1.0  # share of the passage's tokens equal to the track's
 
     @property
     def excess_seconds(self) -> float:
-        """How far the run goes beyond what unrelated training tracks share: the evidence of copying."""
+        """How far the passage goes beyond what unrelated training tracks share: the evidence of copying."""
         return round(max(0.0, self.seconds - self.natural_seconds), 3)
 
 
