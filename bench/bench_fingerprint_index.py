@@ -58,11 +58,14 @@ def synthetic_track(seed: int) -> np.ndarray:
     return audio
 
 
-def write_rows(data: Path, first: int, count: int) -> list[dict]:
+def write_rows(data: Path, first: int, count: int, audio: bool = True) -> list[dict]:
+    """Manifest rows of tracks first.. first + count - 1 with their beat grids, codes and audio (a track's
+    audio is rendered only when an index that reads it is measured; else an empty file marks it present)."""
     rows = []
     for i in range(first, first + count):
         track_id = f"t{i:05d}"
-        np.save(data / "audio" / f"{track_id}.npy", (np.clip(synthetic_track(i), -1, 1) * 32767).astype(np.int16))
+        pcm = synthetic_track(i) if audio else np.zeros(0, np.float32)
+        np.save(data / "audio" / f"{track_id}.npy", (np.clip(pcm, -1, 1) * 32767).astype(np.int16))
         beats = np.arange(0.25, SECONDS, 0.5, dtype=np.float32)  # 120 BPM
         np.save(data / "beats" / f"{track_id}.npy", beats)
         codes = np.random.default_rng(i).integers(0, CODEBOOK, CODE_TOKENS).astype(np.int16)
@@ -85,7 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=float, default=1.0, help="hours of audio in the index (default 1)")
     parser.add_argument("--add", type=int, default=4, help="tracks added to the built index (default 4)")
+    parser.add_argument("--indexes", default="fingerprint,melody,code",
+                        help="which indexes to measure, comma-separated (default all three)")
     args = parser.parse_args()
+    wanted = set(args.indexes.split(","))
+    if not wanted <= {"fingerprint", "melody", "code"}:
+        parser.error(f"--indexes: unknown {sorted(wanted - {'fingerprint', 'melody', 'code'})}")
+    audio = bool(wanted & {"fingerprint", "melody"})
     tracks = max(1, int(args.hours * 3600 / SECONDS))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -94,8 +103,8 @@ def main() -> None:
         (data / "codes" / "l0").mkdir(parents=True)
         (data / "codes" / "meta.json").write_text(json.dumps({"hops": [CODE_HOP], "sample_rate": CODE_RATE,
                                                               "codebook_size": CODEBOOK, "weights_sha256": "0" * 64}))
-        rows = write_rows(data, 0, tracks)
-        extra = write_rows(data, tracks, args.add)
+        rows = write_rows(data, 0, tracks, audio)
+        extra = write_rows(data, tracks, args.add, audio)
         write_manifest(data, rows)
         print(f"{tracks} synthetic tracks, {tracks * SECONDS / 3600:.2f} h at {SR} Hz")
 
@@ -107,6 +116,8 @@ def main() -> None:
                 ("code", lambda d: load_code_index(d, 0), lambda index, codes, _: longest_code_run(index, codes),
                  "code_index/l0", [np.random.default_rng(20_000_000 + seed).integers(0, CODEBOOK, CODE_TOKENS)
                                    for seed in range(5)])):
+            if name not in wanted:
+                continue
             print(f"-- {name} index")
             tick = time.perf_counter()
             index = load(data)
