@@ -215,6 +215,9 @@ def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path)
     assert "12.00 s" in page and page.count("not checked") >= 2  # the cell, and its tooltip's reason
     assert "codes not checked: level 0" in _summary(asdict(skipped), None)["detail"]
     assert "codes 12.00 s beyond what training tracks share" in _summary(asdict(searched), None)["detail"]
+    # only the codes fired: the page and the summary name the track the codes follow
+    assert "codes of A (t1) at 0.0 s, from 0.0 s here, level 0, 12.0 s" in page
+    assert "best match: codes of A (t1) at 0.0 s" in _summary(asdict(searched), None)["detail"]
 
 
 def test_code_index_is_stored_and_follows_the_code_cache(tmp_path, monkeypatch):
@@ -433,6 +436,8 @@ def test_samples_of_a_prior_overfit_on_one_track_are_flagged_with_that_track(run
         assert run["track_id"] == track["id"] and run["level"] == 2 and run["natural_seconds"] == 0.0
         assert run["excess_seconds"] >= 2 * CONFIG.copied_code_seconds and 0.5 <= run["agreement"] < 1.0
         assert abs(run["sample_start"] - run["track_start"]) < 0.1  # in step with the track
+    page = (out / "index.html").read_text()
+    assert f"codes of {track['artist']} ({track['id']}) at " in page and "of the codes equal" in page
     verbatim = check_samples(out, data, OriginalityConfig(min_code_agreement=1.0))
     for result in verbatim.samples:
         passage = checked[result.sample.split("/")[-1]]["longest_code_seconds"]

@@ -61,10 +61,24 @@ def _code_cell(result: dict) -> str:
     return _detector_cell(result, "codes", "longest_code_seconds")
 
 
+def code_passage_text(r: dict) -> str:
+    """The longest code passage of a result, in words ('' without one)."""
+    runs = r.get("code_runs") or []
+    if not runs:
+        return ""
+    run = max(runs, key=lambda c: c["seconds"])
+    slips = f", {run['agreement']:.0%} of the codes equal" if run.get("agreement", 1.0) < 1 else ""
+    return (f"codes of {run['artist']} ({run['track_id']}) at {run['track_start']:.1f} s, from "
+            f"{run['sample_start']:.1f} s here, level {run['level']}, {run['seconds']:.1f} s{slips}")
+
+
 def _best_match(r: dict) -> str:
-    """The evidence behind a verdict, in words: the melody match when only the melody detector fired."""
+    """The evidence behind a verdict, in words: the melody match when only the melody detector fired, the
+    code passage when only the codes detector did."""
     fired = r.get("fired") or {}
     melody = r.get("melody_matches") or []
+    if "codes" in fired and "audio" not in fired and "melody" not in fired and r.get("code_runs"):
+        return code_passage_text(r)
     if melody and "melody" in fired and "audio" not in fired:
         m = melody[0]
         return (f"melody of {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s, from {m['sample_start']:.1f} s "

@@ -462,9 +462,14 @@ def _summary(result: dict | None, problem: str | None) -> dict:
     if result is None:
         return {"verdict": "not checked", "detail": problem or "not checked yet"}
     best = ""
+    fired = result.get("fired") or {}
     if result.get("matches"):
         m = result["matches"][0]
         best = f"best match: {m['artist']} ({m['track_id']}) at {m['track_start']:.1f} s"
+    if "codes" in fired and "audio" not in fired and result.get("code_runs"):
+        from housebox.report.pages import code_passage_text
+
+        best = f"best match: {code_passage_text(result)}"
     codes = result.get("longest_code_seconds")
     status = (result.get("detectors") or {}).get("codes", "")
     codes_text = (f"codes {status}" if codes is None else f"codes {codes:.2f} s beyond what training tracks share"
@@ -480,7 +485,6 @@ def _summary(result: dict | None, problem: str | None) -> dict:
                         f"semitones, {m['tempo']:.2f}x tempo)")
     detail = (f"{result['longest_match_seconds']:.1f} s longest passage matching a training track, "
               f"{result['matched_seconds']:.1f} s in all; {melody_text}; {codes_text}")
-    fired = result.get("fired") or {}
     why = f"{result['verdict']} by {', '.join(fired)}: " if fired else ""
     return {"verdict": result["verdict"], "detail": why + detail + (f"; {best}" if best else "")}
 
