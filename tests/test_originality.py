@@ -181,6 +181,51 @@ def test_a_code_passage_with_slips_is_followed_to_its_ends(tmp_path):
         OriginalityConfig(min_code_agreement=0.0)
 
 
+def test_what_a_code_passage_reports_holds_for_any_codes(tmp_path):
+    """Property (hypothesis): for any sample of codes (copies of training passages with slips, at any place,
+    or none), a reported passage lies inside the sample and inside its track, starts and ends on equal
+    codes, its `agreement` is the share of equal codes in it, and it is at least the longest verbatim run."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    rng = np.random.default_rng(5)
+    codes = {f"t{i}": rng.integers(0, 16, 700 + 300 * i) for i in range(3)}  # a small codebook: chance matches
+    noise = [(t, "A", np.zeros(SR, np.float32)) for t in codes]
+    data = write_dataset(tmp_path / "data", noise, codes)
+    index = build_code_index(data, level=0)
+    verbatim = OriginalityConfig(min_code_agreement=1.0)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(seed=st.integers(0, 2**31), length=st.integers(1, 900), copies=st.integers(0, 3),
+           slip=st.floats(0.0, 0.6))
+    def check(seed, length, copies, slip):
+        r = np.random.default_rng(seed)
+        sample = r.integers(0, 16, length)
+        for _ in range(copies):
+            track = codes[f"t{r.integers(3)}"]
+            n = int(r.integers(1, min(length, track.size) + 1))
+            a, b = int(r.integers(0, length - n + 1)), int(r.integers(0, track.size - n + 1))
+            piece = track[b : b + n].copy()
+            slips = r.random(n) < slip
+            piece[slips] = r.integers(0, 16, int(slips.sum()))
+            sample[a : a + n] = piece
+        run = longest_code_run(index, sample)
+        exact = longest_code_run(index, sample, verbatim)
+        if run is None:
+            assert exact is None
+            return
+        track = codes[run.track_id]
+        assert 0 <= run.sample_token and run.sample_token + run.tokens <= length
+        assert 0 <= run.track_token and run.track_token + run.tokens <= track.size
+        equal = sample[run.sample_token : run.sample_token + run.tokens] == \
+            track[run.track_token : run.track_token + run.tokens]
+        assert equal[0] and equal[-1]
+        assert run.agreement == pytest.approx(equal.mean(), abs=0.0005)
+        assert exact is not None and run.tokens >= exact.tokens and exact.agreement == 1.0
+
+    check()
+
+
 def test_a_detector_that_could_not_run_says_not_checked_never_a_number(tmp_path):
     """A level over max_index_tokens, or a sample without codes: `not checked` and why, in the result, the CLI
     table, the sample page and the web page's summary, and the verdict rests on what was checked."""
