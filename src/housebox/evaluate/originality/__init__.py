@@ -11,11 +11,14 @@
     enough of its hashes agree on that track at one offset, weighted by rarity (a hash that several
     training tracks hold, such as an artist's stock kick, counts less). A passage is a run of such
     moments. (Chromaprint's `fpcalc` is not used: it compares whole files, not passages.)
-(b) Verbatim codes: k-gram hashes of the training code cache (`DATA/codes/l<level>`). A sample's
-    k-grams found in a row on one diagonal (training position minus sample position) seed a run that
-    is checked and extended token by token. k-grams very frequent in the training codes (silence,
-    held notes) identify no passage and are skipped; a run counts only beyond the longest run that
-    *different* training tracks already share at that level (coarse codes of similar music repeat).
+(b) The same codes: k-gram hashes of the training code cache (`DATA/codes/l<level>`). A sample's
+    k-grams found in a row on one diagonal (training position minus sample position) seed a verbatim
+    run that is checked and extended token by token; the diagonals with the most k-gram hits are also
+    compared token by token along their length, for passages that follow a track with slips (as a
+    prior that memorised it replays it): at least half of every second's codes equal. k-grams very
+    frequent in the training codes (silence, held notes) identify no passage and are skipped; a passage
+    counts only beyond the longest one *different* training tracks already share at that level (coarse
+    codes of similar music repeat).
 
 (c) The same music in other sounds: beat-synchronous chroma of every training track (`DATA/melody/`),
     compared with the sample's under all 12 transpositions and across time; a passage counts beyond
