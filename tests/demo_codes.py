@@ -1,7 +1,8 @@
 """The codes of the quick demo, as digests: what the bitwise check in test_evaluate compares against.
 
     python tests/demo_codes.py OUT     runs `housebox demo --quick` into OUT (1 thread, seed 0) and writes
-                                       tests/data/quick_demo_codes.json
+                                       its digests into tests/data/quick_demo_codes.json, one record per
+                                       environment (torch, numpy, CPU kind): this one's replaced, others kept
 
 Re-record only when a change is meant to change what the demo learns or generates, and say so in the commit.
 """
@@ -18,11 +19,24 @@ RECORDED = Path(__file__).resolve().parent / "data" / "quick_demo_codes.json"
 
 
 def environment() -> dict:
-    """What bitwise equality depends on besides the code: the float kernels of torch and numpy on this CPU."""
+    """What bitwise equality depends on besides the code: the float kernels of torch and numpy on this CPU,
+    and whether it computes bf16 natively (then training runs in bf16) and with AMX tiles (other kernels)."""
     import torch
 
+    from housebox.models.precision import cpu_has_native_bf16
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
     return {"torch": torch.__version__, "numpy": np.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(), "amx": "amx_bf16" in flags}
+
+
+def recorded_for(current: dict) -> dict | None:
+    """The record whose environment this one matches (every field it names equal), or None."""
+    records = json.loads(RECORDED.read_text())["records"]
+    return next((r for r in records if all(current.get(k) == v for k, v in r["environment"].items())), None)
 
 
 def _digest(array: np.ndarray) -> str:
@@ -54,8 +68,11 @@ def main(out: str) -> None:
 
     if not (Path(out) / "evaluation" / "evaluation.json").exists():
         assert housebox(["demo", "-o", out, "--quick", "--device", "cpu"]) == 0
-    RECORDED.write_text(json.dumps({"environment": environment(), "digests": digests(Path(out))}, indent=1) + "\n")
-    print(f"wrote {RECORDED}")
+    current = environment()
+    others = [r for r in json.loads(RECORDED.read_text())["records"] if r["environment"] != current]
+    records = others + [{"environment": current, "digests": digests(Path(out))}]
+    RECORDED.write_text(json.dumps({"records": records}, indent=1) + "\n")
+    print(f"wrote {RECORDED} ({len(records)} environments)")
 
 
 if __name__ == "__main__":
