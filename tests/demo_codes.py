@@ -23,14 +23,10 @@ def environment() -> dict:
     and whether it computes bf16 natively (then training runs in bf16) and with AMX tiles (other kernels)."""
     import torch
 
-    from housebox.models.precision import cpu_has_native_bf16
+    from housebox.models.precision import cpu_flags, cpu_has_native_bf16
 
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
     return {"torch": torch.__version__, "numpy": np.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(), "amx": "amx_bf16" in flags}
+            "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16(), "amx": "amx_bf16" in cpu_flags()}
 
 
 def recorded_for(current: dict) -> dict | None:

@@ -261,13 +261,7 @@ def longest_code_run(index: CodeIndex, codes: np.ndarray, config: OriginalityCon
         right = _common_prefix(codes[i0 + seed : i0 + seed + ahead], index.codes[g0 + seed : g0 + seed + ahead])
         tokens = left + seed + right
         if best is None or tokens > best.tokens:
-            sample_token, track_token = i0 - left, g0 - left - lo
-            tps = index.tokens_per_second
-            best = CodeRun(level=index.level, track_id=index.track_ids[t], artist=index.artists[t],
-                           sample_token=sample_token, track_token=track_token, tokens=tokens,
-                           seconds=round(tokens / tps, 3), sample_start=round(sample_token / tps, 3),
-                           track_start=round(track_token / tps, 3),
-                           natural_seconds=round(index.natural_tokens / tps, 3))
+            best = _code_run(index, t, i0 - left, g0 - left - lo, tokens)
     # passages with slips, on the diagonals (of one track each) with the most hits
     track = np.searchsorted(index.starts, q + diagonal, side="right") - 1  # (M,), non-decreasing along a diagonal
     new_group = np.concatenate([[True], (np.diff(diagonal) != 0) | (np.diff(track) != 0)])
@@ -280,10 +274,16 @@ def longest_code_run(index: CodeIndex, codes: np.ndarray, config: OriginalityCon
         sample_token, tokens, agreement = found
         t = int(track[group_firsts[g]])
         track_token = sample_token + int(diagonal[group_firsts[g]]) - int(index.starts[t])
-        tps = index.tokens_per_second
-        best = CodeRun(level=index.level, track_id=index.track_ids[t], artist=index.artists[t],
-                       sample_token=sample_token, track_token=track_token, tokens=tokens,
-                       seconds=round(tokens / tps, 3), sample_start=round(sample_token / tps, 3),
-                       track_start=round(track_token / tps, 3),
-                       natural_seconds=round(index.natural_tokens / tps, 3), agreement=round(agreement, 3))
+        best = _code_run(index, t, sample_token, track_token, tokens, agreement)
     return best
+
+
+def _code_run(index: CodeIndex, track: int, sample_token: int, track_token: int, tokens: int,
+              agreement: float = 1.0) -> CodeRun:
+    """A passage of `tokens` codes from `sample_token` of the sample and `track_token` of training track
+    `track` (its place in the index), with its times in seconds."""
+    tps = index.tokens_per_second
+    return CodeRun(level=index.level, track_id=index.track_ids[track], artist=index.artists[track],
+                   sample_token=sample_token, track_token=track_token, tokens=tokens, seconds=round(tokens / tps, 3),
+                   sample_start=round(sample_token / tps, 3), track_start=round(track_token / tps, 3),
+                   natural_seconds=round(index.natural_tokens / tps, 3), agreement=round(agreement, 3))

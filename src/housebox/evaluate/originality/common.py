@@ -95,7 +95,7 @@ class OriginalityConfig:
     copied_audio_seconds: float = 7.0
     # a passage of codes follows one training track (on one alignment) where every window of
     # code_window_seconds inside it has at least min_code_agreement of its tokens equal to the track's; it
-    # runs from the first equal token to the last. A prior that memorised a track replays it with slips
+    # runs from the first pair of equal tokens to the last. A prior that memorised a track replays it with slips
     # (measured: 40-100% of each quarter second equal, on one alignment for 14 s); unrelated codes agree at
     # chance (1 / codebook size). A verbatim run is a passage with every token equal
     code_window_seconds: float = 1.0
