@@ -381,3 +381,34 @@ def test_factorised_forward_works_on_short_sequences(kind: str, monkeypatch: pyt
     model(torch.randn(1, n_ctx, 8))
     limit = {"row": block, "column": n_ctx // block, "prev_block": 2 * block}[kind]
     assert seen and all(keys <= limit for _, keys in seen), seen
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_attention_trains_in_fp32_under_cpu_bf16_autocast(kind: str, monkeypatch) -> None:
+    """Training under bf16 autocast on a CPU, attention computes in fp32 from the bf16 projections (its bf16
+    backward measured several times slower there) and hands bf16 on; without gradients (sampling) it stays
+    bf16. The result is exactly the fp32 attention of the same inputs, rounded to bf16 once."""
+    import housebox.models.transformer as transformer
+
+    seen = []
+
+    def recording(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 3 * BLOCK, 8, generator=g).bfloat16() for _ in range(3))
+    exact = transformer.causal_attention(q.float(), k.float(), v.float(), kind=kind, block_size=BLOCK).bfloat16()
+    monkeypatch.setattr(transformer, "F", type("F", (), {"scaled_dot_product_attention": staticmethod(recording),
+                                                         "pad": staticmethod(F.pad)}))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled = transformer.causal_attention(q, k, v, kind=kind, block_size=BLOCK)  # no gradients
+    assert sampled.dtype == torch.bfloat16 and seen == [torch.bfloat16]
+    seen.clear()
+    q, k, v = (x.clone().requires_grad_(True) for x in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = transformer.causal_attention(q, k, v, kind=kind, block_size=BLOCK)
+    assert seen == [torch.float32]
+    assert trained.dtype == torch.bfloat16 and torch.equal(trained.detach(), exact)
+    trained.float().square().sum().backward()
+    assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0 for x in (q, k, v))

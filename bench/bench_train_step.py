@@ -1,0 +1,113 @@
+"""A prior's training step on CPU: fp32, bf16 autocast (attention in fp32, the default on a CPU), and bf16
+with attention in bf16 too (what autocast alone does), timed interleaved in one process.
+
+Models: every prior of a preset (`--preset tiny small`: the top prior and each upsampler, as `train`
+builds them) and Jukebox's test prior (`--jukebox`: width 128, depth 4, 2 heads, context 1024, 2048 codes,
+attention a quarter as wide, MLP ratio 1, factorised rows of 64 and dense). One step = forward, backward
+and an AdamW update on random codes (`--batch` windows of the model's context, labels, the level above
+and a beat clock where the model takes them). Every round times every case once; medians over rounds.
+bf16 needs a CPU with it natively (AVX-512 BF16 or AMX: `housebox.models.precision.cpu_has_native_bf16`);
+elsewhere it is emulated and slow, and the bench says so.
+
+    taskset -c 1 .venv/bin/python bench/bench_train_step.py --preset tiny small --jukebox [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+import housebox.models.transformer as transformer
+from housebox.config import load_preset
+from housebox.models.conditioning import Labels
+from housebox.models.precision import cpu_has_native_bf16
+from housebox.models.prior import Conditioning, Prior, PriorConfig
+from housebox.train.plan import prior_configs
+
+MODES = ("fp32", "bf16", "bf16, bf16 attention")
+
+
+def jukebox_configs() -> list[tuple[str, PriorConfig]]:
+    shape = dict(level=2, codebook_size=2048, n_artists=1, n_genres=1, sample_rate=22050, hop=128, width=128,
+                 depth=4, heads=2, n_ctx=1024, block_size=64, timing=True, attention_width=0.25, mlp_ratio=1.0)
+    return [(f"Jukebox test prior, {name}", PriorConfig(attention=attention, **shape))
+            for name, attention in (("factorised", ("row", "column", "prev_block")), ("dense", ("dense",)))]
+
+
+def make_case(config: PriorConfig, batch: int, mode: str, seed: int = 0):
+    """A closure running one training step of a fresh model of `config` in `mode`."""
+    torch.manual_seed(seed)
+    model = Prior(config).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    n = config.n_ctx
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, config.codebook_size, (batch, n), generator=g)
+    genres = torch.full((batch, 4), -1, dtype=torch.long)
+    genres[:, 0] = 0
+    upper = (torch.randint(0, config.upper_codebook_size, (batch, n // config.upper_ratio), generator=g)
+             if config.is_upsampler else None)
+    beats = torch.rand(batch, n, generator=g) * 4 if config.beat_clock else None
+    cond = Conditioning(labels=Labels(artist=torch.zeros(batch, dtype=torch.long), genres=genres),
+                        start=torch.zeros(batch, dtype=torch.long), total_tokens=torch.full((batch,), 10 * n),
+                        upper=upper, beats=beats)
+    bf16 = mode != "fp32"
+    bf16_attention = mode == "bf16, bf16 attention"
+
+    def step() -> None:
+        default = transformer.fp32_attention
+        if bf16_attention:  # what autocast alone does: attention in bf16 as well
+            transformer.fp32_attention = lambda q: False
+        try:
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+                loss = model(codes, cond).loss
+            loss.backward()
+            optimiser.step()
+        finally:
+            transformer.fp32_attention = default
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", nargs="*", default=["tiny"], help="presets whose priors to time (default tiny)")
+    parser.add_argument("--jukebox", action="store_true", help="also Jukebox's test prior, factorised and dense")
+    parser.add_argument("--batch", type=int, default=0, help="windows per step (default: 8 for tiny, 2 otherwise)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not cpu_has_native_bf16():
+        print("note: this CPU has no native bf16: the bf16 columns are emulated and not what a user would run")
+    models = [(name, config, args.batch or (8 if preset == "tiny" else 2))
+              for preset in args.preset for name, config, _ in prior_configs(load_preset(preset))
+              for name in [f"{preset}: {name}"]]
+    if args.jukebox:
+        models += [(name, config, args.batch or 1) for name, config in jukebox_configs()]
+    cases = {(name, mode): make_case(config, batch, mode) for name, config, batch in models for mode in MODES}
+    for step in cases.values():  # warm up: kernels, allocations
+        step()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
+    for _ in range(args.rounds):
+        for key, step in cases.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    print(f"training step, ms (median of {args.rounds} interleaved rounds, {args.threads} thread(s)); "
+          f"ratio = fp32 time / this time")
+    print(f"| model | batch | {' | '.join(MODES)} |")
+    print("|---|---|" + "---|" * len(MODES))
+    for name, _, batch in models:
+        ms = {mode: statistics.median(times[(name, mode)]) * 1000 for mode in MODES}
+        cells = [f"{ms[m]:.1f} ({ms['fp32'] / ms[m]:.2f}x)" for m in MODES]
+        print(f"| {name} | {batch} | {' | '.join(cells)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
