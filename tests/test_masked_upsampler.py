@@ -195,3 +195,54 @@ def test_upper_noise_replaces_that_share_of_the_codes_above_in_training_only() -
     with pytest.raises(ValueError, match="upper_noise"):
         PriorConfig(level=0, codebook_size=64, n_artists=1, n_genres=1, max_genres=1, sample_rate=16000, hop=8,
                     upper_codebook_size=64, upper_ratio=4, upper_noise=1.0)
+
+
+def test_passes_keep_the_temperature_unless_annealing_is_asked(monkeypatch) -> None:
+    """By default every pass samples at the asked temperature (annealing to half made real music dark:
+    README); `final_temperature` anneals linearly to that share of it by the last pass."""
+    import housebox.generate.sampling as sampling
+
+    seen = []
+    real = sampling.filter_logits
+
+    def recording(logits, temperature, top_k, top_p):
+        seen.append(round(temperature, 6))
+        return real(logits, temperature, top_k, top_p)
+
+    monkeypatch.setattr(sampling, "filter_logits", recording)
+    model = masked_upsampler().eval()
+    upper = torch.randint(0, V, (1, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(n_tokens=N_CTX, labels=labels(1), upper=upper, steps=4, temperature=0.9, progress=False)
+    sample_masked(model, **kwargs)
+    assert seen == [0.9] * 4
+    seen.clear()
+    sample_masked(model, final_temperature=0.5, **kwargs)
+    assert seen == [0.9, 0.75, 0.6, 0.45]
+
+
+def test_remask_noise_changes_which_draws_are_kept(monkeypatch) -> None:
+    """The same draws (same seed) with and without the default noise: without it the first pass hides again
+    exactly its least confident draws; with it others (the noise keeps the most predictable codes, quiet
+    ones on real music, from filling the window first)."""
+    model = masked_upsampler().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)  # confident, and unequally so across positions
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
+    hidden_again = []
+    real_topk = torch.Tensor.topk
+
+    def recording_topk(self, k, dim=-1, largest=True, sorted=True):
+        out = real_topk(self, k, dim=dim, largest=largest, sorted=sorted)
+        if not largest:
+            hidden_again.append(out.indices.sort(dim=1).values)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "topk", recording_topk)
+    first = {}
+    for noise in (0.0, 10.0):
+        hidden_again.clear()
+        sample_masked(model, n_tokens=N_CTX, labels=labels(2), upper=upper, steps=4, remask_noise=noise,
+                      generator=torch.Generator().manual_seed(1), progress=False)
+        first[noise] = hidden_again[0]
+    assert first[0.0].shape == first[10.0].shape == (2, unmask_schedule(N_CTX, 4)[0])
+    assert not torch.equal(first[0.0], first[10.0])

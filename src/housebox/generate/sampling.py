@@ -327,7 +327,8 @@ def _sample_masked(
     top_k: int = 0,
     top_p: float = 1.0,
     cfg_scale: float = 1.0,
-    remask_noise: float = 1.0,
+    remask_noise: float = 10.0,
+    final_temperature: float = 1.0,
     hop_fraction: float = 0.875,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -338,8 +339,13 @@ def _sample_masked(
     A window starts with every code not yet known hidden (MASK). Each pass runs the whole window once,
     draws a code for every hidden position, and keeps the most confident of them (log-probability of the
     drawn code plus Gumbel noise of scale `remask_noise`, annealed to 0 over the passes); the others are
-    hidden again, `unmask_schedule` many. The sampling temperature is annealed from `temperature` to half
-    of it over the passes (early passes explore, late ones settle). Windows start `hop_fraction * n_ctx`
+    hidden again, `unmask_schedule` many. The sampling temperature goes from `temperature` to
+    `final_temperature` times it over the passes. The defaults (noise 10, no annealing) were measured on
+    real music (README, "Masked upsamplers"): keeping the plainly most confident draws (noise 1) at a
+    temperature annealed to half filled windows with the most predictable codes first, quiet and dark ones
+    (spectral centroid 412 Hz where the autoregressive upsampler gave 997), and the Fréchet distance to
+    held-out audio rose 3.5x; noise 10 without annealing is closer than the autoregressive upsampler for
+    every artist with the same beat strength. Windows start `hop_fraction * n_ctx`
     tokens apart; the codes a window shares with the one before are kept as they are (no seam), and a
     `prime` fixes the first codes. `cfg_scale` > 1: classifier-free guidance against the label-dropped
     model. Same generator state, same codes.
@@ -378,7 +384,7 @@ def _sample_masked(
             logits = prior.window_logits(torch.cat([window] * copies), context)[:, :length].float()  # (B', L, V)
             if scales:
                 logits = guided_logits(logits.reshape(copies * b * length, -1), scales).view(b, length, -1)
-            warmth = 1.0 - 0.5 * k / max(len(schedule) - 1, 1)  # temperature: from 1x to 0.5x
+            warmth = 1.0 - (1.0 - final_temperature) * k / max(len(schedule) - 1, 1)  # from 1x to final_temperature x
             filtered = filter_logits(logits.reshape(b * length, -1), temperature * warmth, top_k, top_p)
             uniforms = torch.rand(b * length, generator=generator).to(device)
             gumbel = -torch.log(-torch.log(torch.rand(b, length, generator=generator).clamp(1e-9, 1 - 1e-9)))
