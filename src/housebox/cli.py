@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from housebox.heap import keep_freed_memory
+
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from housebox.data.prepare import PrepareSettings, prepare
@@ -488,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every verb runs steps that free and allocate the same large buffers
     try:
         if getattr(args, "threads", None) is not None:
             if args.threads < 1:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from housebox.heap import keep_freed_memory
 from housebox.models.precision import cpu_has_native_bf16
 from housebox.store import (
     CONFIG,
@@ -288,6 +289,7 @@ def train(
     evaluation; without it, or without eval_fn, the last ones. `clip_groups` splits the parameters into
     groups whose gradient norms are clipped separately (a GAN's generator and discriminator).
     """
+    keep_freed_memory()  # a step's large buffers are reused by the next, not faulted in afresh
     runtime = runtime or init_runtime(device)
     out_dir = Path(out_dir)
     state_path = out_dir / TRAIN_STATE
