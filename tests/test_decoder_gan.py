@@ -172,3 +172,22 @@ def test_torchrun_two_processes_tune_identical_decoders(tiny_run, tmp_path):
     meta = json.loads((run / "decoder" / "config.json").read_text())
     assert meta["world_size"] == 2 and meta["ranks_in_sync"] is True
     assert json.loads((run / "vqvae" / "config.json").read_text())["decoders"]["step"] == 2
+
+
+def test_the_decoders_loss_weighs_each_term_as_configured(tiny_run):
+    """The decoder's loss is l2 * L2 + spectral * spectral + mel * log-mel + adversarial + features, with the
+    reconstruction weights the VQ-VAE's own unless the decoder section sets them."""
+    def parts(**weights) -> tuple[float, dict]:
+        torch.manual_seed(0)
+        disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig(sample_rate=16000, width=8))
+        model = DecoderGAN(load_vqvae(tiny_run / "vqvae"), disc, (0,), 0.0, 0.0, **weights).train()
+        _, metrics = model(torch.cat([clip(), clip() * 0.5]))
+        return float(metrics["decoder_loss"]), {k: float(v) for k, v in metrics.items()}
+
+    vq = load_vqvae(tiny_run / "vqvae").config
+    own, m = parts()
+    assert own == pytest.approx(vq.l2_weight * m["l0/recon_loss"] + vq.spectral_weight * m["l0/spectral_loss"], rel=1e-5)
+    assert m["l0/mel_loss"] == 0.0  # not computed at weight 0
+    tuned, m = parts(l2_weight=0.0, spectral_weight=2.0, mel_weight=3.0)
+    assert m["l0/mel_loss"] > 0
+    assert tuned == pytest.approx(2.0 * m["l0/spectral_loss"] + 3.0 * m["l0/mel_loss"], rel=1e-5)

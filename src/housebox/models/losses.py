@@ -209,6 +209,13 @@ def mel_filterbank(
     return torch.minimum(rising, falling).clamp(min=0.0)
 
 
+def multi_scale_mel_loss(x: Tensor, x_hat: Tensor, sample_rate: int, fft_sizes: tuple[int, ...]) -> Tensor:
+    """`mel_l1` averaged over the batch and over `fft_sizes` (as the multi-scale mel losses of neural codecs),
+    with n_fft / 8 mel bands at each size (at most 64): a scalar Tensor, lower is better."""
+    terms = [mel_l1(x, x_hat, sample_rate, n_fft=n, n_mels=min(64, n // 8)).mean() for n in fft_sizes]
+    return torch.stack(terms).mean()
+
+
 def mel_l1(
     ref: Tensor,
     est: Tensor,

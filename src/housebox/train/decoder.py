@@ -29,7 +29,7 @@ from housebox.models.discriminator import (
     generator_hinge_loss,
 )
 from housebox.models.load import ADVERSARIAL_DECODERS, load_vqvae
-from housebox.models.losses import l2_loss, reference_spectra, spectral_loss
+from housebox.models.losses import l2_loss, multi_scale_mel_loss, reference_spectra, spectral_loss
 from housebox.models.vqvae import VQVAE
 from housebox.store import WEIGHTS, load_weights, read_config, save_weights, write_json
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
@@ -42,10 +42,14 @@ class DecoderTuneConfig:
     feature_weight: float = 2.0
     chunk_seconds: float = 0.5
     train_all_share: float = 0.0  # share of `train all --minutes` for this stage (0: train all skips it)
+    l2_weight: float | None = None  # the reconstruction losses' weights; None: the VQ-VAE's own
+    spectral_weight: float | None = None
+    mel_weight: float = 0.0  # log-mel L1 at the spectral loss's FFT sizes (`multi_scale_mel_loss`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
-        if min(self.adversarial_weight, self.feature_weight) < 0 or self.chunk_seconds <= 0:
+        weights = (self.adversarial_weight, self.feature_weight, self.l2_weight, self.spectral_weight, self.mel_weight)
+        if min(w for w in weights if w is not None) < 0 or self.chunk_seconds <= 0:
             raise ValueError("decoder: weights must be >= 0 and chunk_seconds > 0")
         if not 0 <= self.train_all_share < 1:
             raise ValueError(f"decoder.train_all_share must be in [0, 1), got {self.train_all_share}")
@@ -55,11 +59,15 @@ class DecoderGAN(nn.Module):
     """A VQ-VAE whose chosen decoders train against a discriminator; everything else frozen."""
 
     def __init__(self, vqvae: VQVAE, discriminator: MultiScaleSTFTDiscriminator, levels: tuple[int, ...],
-                 adversarial_weight: float, feature_weight: float) -> None:
+                 adversarial_weight: float, feature_weight: float, l2_weight: float | None = None,
+                 spectral_weight: float | None = None, mel_weight: float = 0.0) -> None:
         super().__init__()
         self.vqvae, self.discriminator = vqvae, discriminator
         self.levels = tuple(levels)
         self.adversarial_weight, self.feature_weight = adversarial_weight, feature_weight
+        self.l2_weight = vqvae.config.l2_weight if l2_weight is None else l2_weight
+        self.spectral_weight = vqvae.config.spectral_weight if spectral_weight is None else spectral_weight
+        self.mel_weight = mel_weight
         vqvae.requires_grad_(False)
         for level in self.levels:
             vqvae.decoders[level].requires_grad_(True)
@@ -83,8 +91,7 @@ class DecoderGAN(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Audio Tensor[B x 1 x T] -> (decoders' loss + discriminator's loss, detached metrics)."""
-        config = self.vqvae.config
-        spectra = reference_spectra(audio, fft_sizes=self.vqvae.fft_sizes) if config.spectral_weight > 0 else None
+        spectra = reference_spectra(audio, fft_sizes=self.vqvae.fft_sizes) if self.spectral_weight > 0 else None
         fakes = [self.vqvae.decoders[level](self.latents(audio, level)) for level in self.levels]
 
         real = self.discriminator(audio)  # the discriminator's own step: real vs decoded, decoders untouched
@@ -101,11 +108,14 @@ class DecoderGAN(nn.Module):
                 judged = self.discriminator(decoded)
                 recon = l2_loss(audio, decoded)
                 spectral = spectral_loss(spectra, decoded) if spectra is not None else recon.new_zeros(())
+                mel = (multi_scale_mel_loss(audio, decoded, self.vqvae.config.sample_rate, self.vqvae.fft_sizes)
+                       if self.mel_weight > 0 else recon.new_zeros(()))
                 adversarial = generator_hinge_loss(judged)
                 features = feature_matching_loss(real, judged)
-                g_loss = g_loss + (config.l2_weight * recon + config.spectral_weight * spectral
+                g_loss = g_loss + (self.l2_weight * recon + self.spectral_weight * spectral + self.mel_weight * mel
                                    + self.adversarial_weight * adversarial + self.feature_weight * features)
                 metrics.update({f"l{level}/recon_loss": recon.detach(), f"l{level}/spectral_loss": spectral.detach(),
+                                f"l{level}/mel_loss": mel.detach(),
                                 f"l{level}/adversarial": adversarial.detach(), f"l{level}/features": features.detach()})
         finally:
             self.discriminator.requires_grad_(True)
@@ -194,7 +204,7 @@ def train_decoder(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path
     disc_config = discriminator_config(preset, config.sample_rate)
     torch.manual_seed(train_config.seed)
     model = DecoderGAN(vqvae, MultiScaleSTFTDiscriminator(disc_config), levels, tune.adversarial_weight,
-                       tune.feature_weight)
+                       tune.feature_weight, tune.l2_weight, tune.spectral_weight, tune.mel_weight)
     batches = training_chunks(data_dir, config.sample_rate, vqvae.multiple(), tune.chunk_seconds,
                               train_config.batch_size)
     describe = {
