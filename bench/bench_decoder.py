@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def decoded_rows(vqvae_dir: Path, data: Path, pieces: list, hop_top: int, reference, adversarial: bool):
@@ -44,7 +45,7 @@ def decoded_rows(vqvae_dir: Path, data: Path, pieces: list, hop_top: int, refere
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a run folder with a trained VQ-VAE")
+    parser.add_argument("--run", type=Path, required=True, help="a run folder with a trained VQ-VAE (priors not needed)")
     parser.add_argument("--data", type=Path, required=True, help="its prepared dataset (with its code cache)")
     parser.add_argument("--minutes", type=float, default=15.0, help="fine-tuning budget (default 15)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each held-out piece (default 20)")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         features_of,
         piece_audio,
     )
-    from housebox.generate.pipeline import load_run
+    from housebox.models.load import load_vqvae
     from housebox.report.plots import save_spectrograms
     from housebox.train.all import measure_decoder_step
     from housebox.train.decoder import find_vqvae_dir, train_decoder
@@ -85,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = json.loads((work / "vqvae" / "config.json").read_text())
         if meta.pop("decoders", None):  # start from the original decoders
             (work / "vqvae" / "config.json").write_text(json.dumps(meta, indent=1))
-    run = load_run(args.run)
-    check_code_cache(run, args.data)
-    config = run.vqvae.config
+    check_code_cache(SimpleNamespace(vqvae_dir=source), args.data)  # only the VQ-VAE is needed, no priors
+    config = load_vqvae(source).config
     preset = apply_overrides(load_preset(args.preset), args.set)
     preset["vqvae"] = as_dict(config)  # the step is timed on the run's own VQ-VAE shape
     step_seconds = measure_decoder_step(args.data, preset, torch.device("cpu"))

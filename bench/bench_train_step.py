@@ -9,7 +9,10 @@ and a beat clock where the model takes them). Every round times every case once;
 bf16 needs a CPU with it natively (AVX-512 BF16 or AMX: `housebox.models.precision.cpu_has_native_bf16`);
 elsewhere it is emulated and slow, and the bench says so.
 
-    taskset -c 1 .venv/bin/python bench/bench_train_step.py --preset tiny small --jukebox [--rounds 5]
+    taskset -c 1 .venv/bin/python bench/bench_train_step.py --preset tiny small --jukebox [--rounds 5] [--torch-loss]
+
+`--torch-loss` adds each model with F.cross_entropy as the loss (what the prior used before
+`token_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,21 @@ from contextlib import nullcontext
 
 import torch
 
+import housebox.models.prior as prior_module
 import housebox.models.transformer as transformer
 from housebox.config import load_preset
+from housebox.heap import keep_freed_memory
 from housebox.models.conditioning import Labels
 from housebox.models.precision import cpu_has_native_bf16
 from housebox.models.prior import Conditioning, Prior, PriorConfig
 from housebox.train.plan import prior_configs
 
 MODES = ("fp32", "bf16", "bf16, bf16 attention")
+TORCH_LOSS = ("fp32, F.cross_entropy", "bf16, F.cross_entropy")  # --torch-loss: the loss before token_cross_entropy
+
+
+def torch_loss(logits, targets):
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=prior_module.IGNORE)
 
 
 def jukebox_configs() -> list[tuple[str, PriorConfig]]:
@@ -54,11 +64,13 @@ def make_case(config: PriorConfig, batch: int, mode: str, seed: int = 0):
     cond = Conditioning(labels=Labels(artist=torch.zeros(batch, dtype=torch.long), genres=genres),
                         start=torch.zeros(batch, dtype=torch.long), total_tokens=torch.full((batch,), 10 * n),
                         upper=upper, beats=beats)
-    bf16 = mode != "fp32"
+    bf16 = mode.startswith("bf16")
     bf16_attention = mode == "bf16, bf16 attention"
+    loss_fn = torch_loss if mode.endswith("F.cross_entropy") else prior_module.token_cross_entropy
 
     def step() -> None:
-        default = transformer.fp32_attention
+        default, default_loss = transformer.fp32_attention, prior_module.token_cross_entropy
+        prior_module.token_cross_entropy = loss_fn
         if bf16_attention:  # what autocast alone does: attention in bf16 as well
             transformer.fp32_attention = lambda q: False
         try:
@@ -68,7 +80,7 @@ def make_case(config: PriorConfig, batch: int, mode: str, seed: int = 0):
             loss.backward()
             optimiser.step()
         finally:
-            transformer.fp32_attention = default
+            transformer.fp32_attention, prior_module.token_cross_entropy = default, default_loss
 
     return step
 
@@ -80,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=0, help="windows per step (default: 8 for tiny, 2 otherwise)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--torch-loss", action="store_true",
+                        help="also time each model with F.cross_entropy in place of token_cross_entropy")
     args = parser.parse_args(argv)
+    modes = MODES + (TORCH_LOSS if args.torch_loss else ())
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `housebox train` does
     if not cpu_has_native_bf16():
         print("note: this CPU has no native bf16: the bf16 columns are emulated and not what a user would run")
     models = [(name, config, args.batch or (8 if preset == "tiny" else 2))
@@ -89,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               for name in [f"{preset}: {name}"]]
     if args.jukebox:
         models += [(name, config, args.batch or 1) for name, config in jukebox_configs()]
-    cases = {(name, mode): make_case(config, batch, mode) for name, config, batch in models for mode in MODES}
+    cases = {(name, mode): make_case(config, batch, mode) for name, config, batch in models for mode in modes}
     for step in cases.values():  # warm up: kernels, allocations
         step()
     times: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
@@ -100,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             times[key].append(time.perf_counter() - start)
     print(f"training step, ms (median of {args.rounds} interleaved rounds, {args.threads} thread(s)); "
           f"ratio = fp32 time / this time")
-    print(f"| model | batch | {' | '.join(MODES)} |")
-    print("|---|---|" + "---|" * len(MODES))
+    print(f"| model | batch | {' | '.join(modes)} |")
+    print("|---|---|" + "---|" * len(modes))
     for name, _, batch in models:
-        ms = {mode: statistics.median(times[(name, mode)]) * 1000 for mode in MODES}
-        cells = [f"{ms[m]:.1f} ({ms['fp32'] / ms[m]:.2f}x)" for m in MODES]
+        ms = {mode: statistics.median(times[(name, mode)]) * 1000 for mode in modes}
+        cells = [f"{ms[m]:.1f} ({ms['fp32'] / ms[m]:.2f}x)" for m in modes]
         print(f"| {name} | {batch} | {' | '.join(cells)} |")
     return 0
 
