@@ -298,10 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(k)
     k.set_defaults(func=_cmd_train_vqvae)
 
-    k = kinds.add_parser("decoder", help="sharpen the VQ-VAE decoders adversarially (codes unchanged)",
-                         description="Fine-tune the decoders of a run's VQ-VAE against a multi-scale STFT "
-                                     "discriminator, encoders and codebooks frozen, so the codes and the priors "
-                                     "stay valid; the result is installed beside the original decoders.")
+    k = kinds.add_parser("decoder", help="sharpen the VQ-VAE decoders (codes unchanged)",
+                         description="Fine-tune the decoders of a run's VQ-VAE, encoders and codebooks frozen, so the "
+                                     "codes and the priors stay valid: the VQ-VAE's reconstruction losses plus a "
+                                     "multi-scale log-mel loss, and optionally a multi-scale STFT discriminator "
+                                     "(decoder.adversarial_weight, decoder.feature_weight; off in the presets, "
+                                     "measured not to pay at CPU budgets). The result is installed beside the "
+                                     "original decoders.")
     k.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run folder holding the VQ-VAE (--run-dir under torchrun, whose own --run-path takes --run)")
     k.add_argument("--data", required=True, help="prepared dataset folder the VQ-VAE was trained on")
