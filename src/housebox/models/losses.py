@@ -116,22 +116,41 @@ def reference_spectra(
     )
 
 
-def spectral_loss(reference: ReferenceSpectra, x_hat: Tensor) -> Tensor:
-    """`multi_resolution_stft_loss` of the estimate x_hat against precomputed reference spectra
-    -> scalar Tensor. x_hat must have the reference's batch size and length."""
+def estimate_magnitudes(reference: ReferenceSpectra, x_hat: Tensor) -> tuple[Tensor, ...]:
+    """Magnitude spectrograms of the estimate x_hat at the reference's FFT sizes and hops, for `spectral_loss`
+    and `mel_loss` to share. x_hat must have the reference's batch size and length."""
     est = _as_batch(x_hat)
     if est.shape != reference.magnitudes[0].shape[:1] + (reference.length,):
         shape = (reference.magnitudes[0].shape[0], reference.length)
         raise AudioShapeError(f"estimate of shape {tuple(x_hat.shape)} does not match the reference [B x T] {shape}")
-    total = est.new_zeros(())
-    for n_fft, mag_ref, log_ref, norm in zip(
-        reference.fft_sizes, reference.magnitudes, reference.log_magnitudes, reference.norms
-    ):
-        mag_est = stft_magnitude(est, n_fft=n_fft, hop_length=max(1, int(n_fft * reference.hop_fraction)))
+    return tuple(stft_magnitude(est, n_fft=n, hop_length=max(1, int(n * reference.hop_fraction)))
+                 for n in reference.fft_sizes)
+
+
+def spectral_loss(reference: ReferenceSpectra, x_hat: Tensor, magnitudes: tuple[Tensor, ...] | None = None) -> Tensor:
+    """`multi_resolution_stft_loss` of the estimate x_hat against precomputed reference spectra
+    -> scalar Tensor. x_hat must have the reference's batch size and length; `magnitudes`: its
+    `estimate_magnitudes`, when already computed."""
+    magnitudes = estimate_magnitudes(reference, x_hat) if magnitudes is None else magnitudes
+    total = magnitudes[0].new_zeros(())
+    for mag_est, mag_ref, log_ref, norm in zip(magnitudes, reference.magnitudes, reference.log_magnitudes,
+                                               reference.norms):
         convergence = torch.linalg.vector_norm(mag_ref - mag_est) / norm
         log_l1 = (log_ref - torch.log(mag_est + reference.eps)).abs().mean()
         total = total + convergence + log_l1
     return total / len(reference.fft_sizes)
+
+
+def mel_loss(reference: ReferenceSpectra, magnitudes: tuple[Tensor, ...], sample_rate: int) -> Tensor:
+    """Multi-scale log-mel L1 (as the mel losses of neural codecs): at each of the reference's FFT sizes,
+    mean |log mel(reference) - log mel(estimate)| with n_fft / 8 mel bands (at most 64), averaged over
+    the sizes -> scalar Tensor. `magnitudes`: the estimate's `estimate_magnitudes`."""
+    terms = []
+    for n_fft, mag_ref, mag_est in zip(reference.fft_sizes, reference.magnitudes, magnitudes):
+        filters = mel_filterbank(sample_rate, n_fft, n_mels=min(64, n_fft // 8), device=mag_ref.device)
+        terms.append((torch.log(filters @ mag_ref + reference.eps) - torch.log(filters @ mag_est + reference.eps))
+                     .abs().mean())
+    return torch.stack(terms).mean()
 
 
 def multi_resolution_stft_loss(
@@ -207,13 +226,6 @@ def mel_filterbank(
     rising = (bins - lower) / (centre - lower)  # (n_mels, F)
     falling = (upper - bins) / (upper - centre)
     return torch.minimum(rising, falling).clamp(min=0.0)
-
-
-def multi_scale_mel_loss(x: Tensor, x_hat: Tensor, sample_rate: int, fft_sizes: tuple[int, ...]) -> Tensor:
-    """`mel_l1` averaged over the batch and over `fft_sizes` (as the multi-scale mel losses of neural codecs),
-    with n_fft / 8 mel bands at each size (at most 64): a scalar Tensor, lower is better."""
-    terms = [mel_l1(x, x_hat, sample_rate, n_fft=n, n_mels=min(64, n // 8)).mean() for n in fft_sizes]
-    return torch.stack(terms).mean()
 
 
 def mel_l1(

@@ -31,7 +31,7 @@ from housebox.models.discriminator import (
     generator_hinge_loss,
 )
 from housebox.models.load import ADVERSARIAL_DECODERS, load_vqvae
-from housebox.models.losses import l2_loss, multi_scale_mel_loss, reference_spectra, spectral_loss
+from housebox.models.losses import estimate_magnitudes, l2_loss, mel_loss, reference_spectra, spectral_loss
 from housebox.models.vqvae import VQVAE
 from housebox.store import WEIGHTS, load_weights, read_config, save_weights, write_json
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
@@ -46,7 +46,7 @@ class DecoderTuneConfig:
     train_all_share: float = 0.0  # share of `train all --minutes` for this stage (0: train all skips it)
     l2_weight: float | None = None  # the reconstruction losses' weights; None: the VQ-VAE's own
     spectral_weight: float | None = None
-    mel_weight: float = 5.0  # log-mel L1 at the spectral loss's FFT sizes (`multi_scale_mel_loss`)
+    mel_weight: float = 5.0  # log-mel L1 at the spectral loss's FFT sizes (`losses.mel_loss`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", tuple(int(x) for x in self.levels))
@@ -93,7 +93,8 @@ class DecoderGAN(nn.Module):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Audio Tensor[B x 1 x T] -> (decoders' loss + discriminator's loss, detached metrics)."""
-        spectra = reference_spectra(audio, fft_sizes=self.vqvae.fft_sizes) if self.spectral_weight > 0 else None
+        spectral_terms = self.spectral_weight > 0 or self.mel_weight > 0  # both read the same spectrograms
+        spectra = reference_spectra(audio, fft_sizes=self.vqvae.fft_sizes) if spectral_terms else None
         fakes = [self.vqvae.decoders[level](self.latents(audio, level)) for level in self.levels]
 
         real = self.discriminator(audio)  # the discriminator's own step: real vs decoded, decoders untouched
@@ -109,9 +110,11 @@ class DecoderGAN(nn.Module):
             for level, decoded in zip(self.levels, fakes):
                 judged = self.discriminator(decoded)
                 recon = l2_loss(audio, decoded)
-                spectral = spectral_loss(spectra, decoded) if spectra is not None else recon.new_zeros(())
-                mel = (multi_scale_mel_loss(audio, decoded, self.vqvae.config.sample_rate, self.vqvae.fft_sizes)
-                       if self.mel_weight > 0 else recon.new_zeros(()))
+                magnitudes = estimate_magnitudes(spectra, decoded) if spectra is not None else None
+                spectral = (spectral_loss(spectra, decoded, magnitudes) if self.spectral_weight > 0
+                            else recon.new_zeros(()))
+                mel = (mel_loss(spectra, magnitudes, self.vqvae.config.sample_rate) if self.mel_weight > 0
+                       else recon.new_zeros(()))
                 adversarial = generator_hinge_loss(judged)
                 features = feature_matching_loss(real, judged)
                 g_loss = g_loss + (self.l2_weight * recon + self.spectral_weight * spectral + self.mel_weight * mel
