@@ -4,7 +4,8 @@ before and after `housebox train decoder`, for a fixed CPU budget.
     .venv/bin/python bench/bench_decoder.py --run RUN --data DATA --minutes 15 -o /tmp/decoder-bench
 
 The run's VQ-VAE is copied (the run itself is left alone), its level-0 decoder fine-tuned for `--minutes`
-(steps set from the measured step time, so the learning rate anneals to zero in time), pinned to one core
+(steps set from the measured step time, so the learning rate anneals to zero in time; or a fixed `--steps`,
+which compares settings run on cores of differing load by the same work), pinned to one core
 with one thread. Then held-out pieces (the split training used) go through the original and the tuned
 decoder: Fréchet and kernel (KAD) mel+chroma distance to the held-out audio, spectral centroid
 (brightness), spectral flatness (noise) and kick periodicity at the track's tempo, each beside the
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a run folder with a trained VQ-VAE (priors not needed)")
     parser.add_argument("--data", type=Path, required=True, help="its prepared dataset (with its code cache)")
-    parser.add_argument("--minutes", type=float, default=15.0, help="fine-tuning budget (default 15)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=15.0, help="fine-tuning budget (default 15)")
+    budget.add_argument("--steps", type=int, default=None, help="fine-tuning steps instead of a time budget")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each held-out piece (default 20)")
     parser.add_argument("--pieces", type=int, default=12, help="held-out pieces to measure (default 12)")
     parser.add_argument("--core", type=int, default=0, help="CPU core to pin to (default 0)")
@@ -91,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     preset = apply_overrides(load_preset(args.preset), args.set)
     preset["vqvae"] = as_dict(config)  # the step is timed on the run's own VQ-VAE shape
     step_seconds = measure_decoder_step(args.data, preset, torch.device("cpu"))
-    steps = max(1, int(args.minutes * 60 / step_seconds))
-    print(f"decoder fine-tune: {steps} steps at {step_seconds:.2f} s/step for {args.minutes:g} minutes on core "
-          f"{args.core}", flush=True)
+    if args.steps is not None:
+        steps = max(1, args.steps)
+        budget = f"~{steps * step_seconds / 60:.1f} minutes"
+    else:
+        steps = max(1, int(args.minutes * 60 / step_seconds))
+        budget = f"{args.minutes:g} minutes"
+    print(f"decoder fine-tune: {steps} steps at {step_seconds:.2f} s/step for {budget} on core {args.core}", flush=True)
     started = time.time()
     tune = apply_overrides(preset, [f"decoder_train.steps={steps}", f"decoder_train.eval_every={max(10, steps // 6)}",
                                     f"decoder_train.checkpoint_every={max(10, steps // 3)}"])
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = asdict(row)
     results = {"run": str(args.run), "data": str(args.data), "minutes": round(minutes, 1), "steps": result.step,
                "step_seconds": round(step_seconds, 3), "pieces": len(pieces), "seconds": args.seconds,
-               "validation": result.last_eval, "rows": rows}
+               "preset": args.preset, "overrides": args.set, "validation": result.last_eval, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     picks = list(range(0, len(pieces), max(1, len(pieces) // 3)))[:3]
     signals, titles = [], []
