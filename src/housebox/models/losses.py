@@ -148,8 +148,7 @@ def mel_loss(reference: ReferenceSpectra, magnitudes: tuple[Tensor, ...], sample
     terms = []
     for n_fft, mag_ref, mag_est in zip(reference.fft_sizes, reference.magnitudes, magnitudes):
         filters = mel_filterbank(sample_rate, n_fft, n_mels=min(64, n_fft // 8), device=mag_ref.device)
-        terms.append((torch.log(filters @ mag_ref + reference.eps) - torch.log(filters @ mag_est + reference.eps))
-                     .abs().mean())
+        terms.append(log_mel_difference(filters, mag_ref, mag_est, reference.eps).mean())
     return torch.stack(terms).mean()
 
 
@@ -243,7 +242,13 @@ def mel_l1(
     ref_b, est_b = _pair(ref, est)
     n_fft = fit_fft_sizes((n_fft or default_fft_sizes(sample_rate)[0],), ref_b.shape[-1])[0]
     filters = mel_filterbank(sample_rate, n_fft, n_mels=n_mels, device=ref_b.device)  # (n_mels, F)
-    mel_ref = filters @ stft_magnitude(ref_b, n_fft=n_fft, hop_length=n_fft // 4)  # (B, n_mels, frames)
-    mel_est = filters @ stft_magnitude(est_b, n_fft=n_fft, hop_length=n_fft // 4)
-    distance = (torch.log(mel_ref + eps) - torch.log(mel_est + eps)).abs().mean(dim=(1, 2))  # (B,)
+    mag_ref = stft_magnitude(ref_b, n_fft=n_fft, hop_length=n_fft // 4)  # (B, F, frames)
+    mag_est = stft_magnitude(est_b, n_fft=n_fft, hop_length=n_fft // 4)
+    distance = log_mel_difference(filters, mag_ref, mag_est, eps).mean(dim=(1, 2))  # (B,)
     return _per_item(distance, ref)
+
+
+def log_mel_difference(filters: Tensor, mag_ref: Tensor, mag_est: Tensor, eps: float) -> Tensor:
+    """|log mel(reference) - log mel(estimate)| of magnitude spectrograms Tensor[B x F x frames] through
+    `filters` Tensor[n_mels x F] -> Tensor[B x n_mels x frames]: the one log-mel distance of `mel_l1` and `mel_loss`."""
+    return (torch.log(filters @ mag_ref + eps) - torch.log(filters @ mag_est + eps)).abs()
