@@ -24,7 +24,10 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     Tensor[B x V] -> Tensor[B x V] with -inf where a code may not be drawn."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = logits.float() / temperature
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 is x: one kernel less a token (the sampling loop is bound by small ops)
+        logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -279,11 +282,12 @@ def _sample_codes(
                 if scales:
                     logits = guided_logits(logits, scales)
                 new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
-                codes[:, start + pos] = new
+                codes.select(1, start + pos).copy_(new)
                 bar.update(b)
             if pos + 1 < length:
-                next_ids = codes[:, start + pos : start + pos + 1]
-                next_ids = torch.cat([next_ids] * copies)
+                next_ids = codes.narrow(1, start + pos, 1)
+                if copies > 1:
+                    next_ids = torch.cat([next_ids] * copies)
                 if one_step is None:
                     logits = prior.step(next_ids, context, cache, pos + 1)[:, -1].float()
                 else:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from housebox.models.conditioning import (
@@ -271,10 +272,10 @@ class Prior(nn.Module):
         """Logits for positions pos..pos+t-1 given their input ids LongTensor[B x t] -> Tensor[B x t x V].
 
         `context` is `self.context(cond)` for the window, computed once per window."""
-        t = ids.shape[1]
-        x = self.token(ids) + context[:, pos : pos + t]  # (B, t, D)
+        B, t = ids.shape
+        # the modules' functions on their parameters, without the module calls (~3 us each, a token is ~400 us)
+        x = F.embedding(ids, self.token.weight) + context.narrow(1, pos, t)  # (B, t, D)
         h = self.transformer.step(x, cache, pos)
         if cache.head_t is None:
-            return self.head(h)
-        B, _, D = h.shape
-        return affine(h.reshape(B * t, D), cache.head_t, None).view(B, t, -1)
+            return F.linear(h, self.head.weight, self.head.bias)
+        return affine(h.view(B * t, -1), cache.head_t, None).view(B, t, -1)
