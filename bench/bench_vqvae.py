@@ -11,7 +11,8 @@ Prints three tables:
  3. a Jukebox-size VQ-VAE (width 48, depth 4, 2048 x 64 codes, 3 levels, ~1.45 M parameters) on 1 s
     of 22.05 kHz audio, batch 1: seconds per training step, each as a ratio to this run's own
     baseline (the channel-major layout it replaced, fp32, one thread), then what each speed idea gives
-    on that step (the time-major layout, bf16 autocast, a fused AdamW for the loop, and, timed on their
+    on that step (the time-major layout, the per-tap weight gradients of fp32 (against torch's own; under
+    bf16 both rows run torch's), bf16 autocast, a fused AdamW for the loop, and, timed on their
     own, the nearest-code search and the shared reference STFT). Jukebox's own step is not in the
     project: `../shared/jukebox-bench/` times it beside this one, and the README gives those figures.
 
@@ -171,6 +172,14 @@ def channel_major(model: VQVAE) -> VQVAE:
     return model
 
 
+def torch_weight_gradients(model: VQVAE) -> VQVAE:
+    """The same model with torch's own convolution weight gradients instead of `TapConvolution`'s (fp32, CPU)."""
+    for module in model.modules():
+        if hasattr(module, "tap_gradients"):
+            module.tap_gradients = False
+    return model
+
+
 def fresh_model(config: VQVAEConfig, seed: int = 0) -> VQVAE:
     torch.manual_seed(seed)
     return VQVAE(config)
@@ -272,6 +281,8 @@ def section_jukebox(*, threads: list[int], rounds: int, quick: bool) -> None:
     variants = {
         "time-major layout (now)": lambda bf16: train_step(fresh_model(config), batch, bf16=bf16),
         "channel-major (before)": lambda bf16: train_step(channel_major(fresh_model(config)), batch, bf16=bf16),
+        "torch's weight gradients": lambda bf16: train_step(torch_weight_gradients(fresh_model(config)), batch,
+                                                            bf16=bf16),
     }
     if not quick:
         variants["now + fused AdamW (loop)"] = lambda bf16: train_step(fresh_model(config), batch, bf16=bf16,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
@@ -22,7 +24,7 @@ from housebox.models.losses import (
     si_sdr,
     spectral_convergence_db,
 )
-from housebox.models.vqvae import VQVAE, VQVAEConfig, VQVAEInputError
+from housebox.models.vqvae import VQVAE, TapConvolution, VQVAEConfig, VQVAEInputError, _tap_products
 
 TINY = VQVAEConfig(sample_rate=16000, downs=(2, 3, 4), width=16, depth=2, codebook_size=64, code_width=16)
 TINY_JUKEBOX_HOPS = VQVAEConfig(
@@ -89,6 +91,67 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 # ----------------------------------------------------------------------------------- invariants
+
+
+CONVOLUTIONS = [  # (transposed, frames, kernel, stride, padding, dilation, output_padding)
+    (False, 40, 3, 1, 1, 1, 0), (False, 40, 3, 1, 9, 9, 0), (False, 19, 3, 1, 27, 27, 0), (False, 40, 4, 2, 1, 1, 0),
+    (False, 23, 5, 3, 2, 1, 0), (False, 17, 3, 1, 0, 2, 0), (True, 20, 4, 2, 1, 1, 0), (True, 11, 5, 3, 2, 1, 1),
+    (True, 9, 3, 1, 1, 2, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("transposed, frames, kernel, stride, padding, dilation, output_padding", CONVOLUTIONS)
+def test_tap_convolution_gradients_are_exact(transposed, frames, kernel, stride, padding, dilation, output_padding):
+    """The weight gradient as one matrix product per tap (with the input and bias gradients) against finite
+    differences: strides, dilations and paddings that reach past the ends, transposed convolutions too."""
+    generator = torch.Generator().manual_seed(frames)
+    x = torch.randn(2, 5, 1, frames, dtype=torch.float64, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(*((5, 6) if transposed else (6, 5)), 1, kernel, dtype=torch.float64, generator=generator)
+    bias = torch.randn(6, dtype=torch.float64, generator=generator)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: TapConvolution.apply(x, w, b, stride, padding, dilation, transposed, output_padding),
+        (x, weight.requires_grad_(), bias.requires_grad_()),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows_a=st.integers(1, 12), rows_b=st.integers(1, 12), taps=st.integers(1, 5), stride=st.integers(1, 4),
+       padding=st.integers(0, 14), dilation=st.integers(1, 6))
+def test_tap_products_match_the_sum_they_stand_for(rows_a, rows_b, taps, stride, padding, dilation) -> None:
+    """Any shape, including taps that fall wholly outside the frames: each tap's sum of row products."""
+    generator = torch.Generator().manual_seed(rows_a * 100 + rows_b)
+    a = torch.randn(2, rows_a, 3, dtype=torch.float64, generator=generator)
+    b = torch.randn(2, rows_b, 4, dtype=torch.float64, generator=generator)
+    expected = torch.zeros(3, 4, taps, dtype=torch.float64)
+    for j in range(taps):
+        for t in range(rows_a):
+            partner = t * stride + j * dilation - padding
+            if 0 <= partner < rows_b:
+                expected[:, :, j] += a[:, t].T @ b[:, partner]
+    found = _tap_products(a, b, taps=taps, stride=stride, padding=padding, dilation=dilation)
+    torch.testing.assert_close(found, expected)
+
+
+def test_fp32_training_takes_tap_gradients_equal_to_torchs() -> None:
+    """A training step of the VQ-VAE in fp32 on a CPU runs its convolutions through TapConvolution, and every
+    parameter's gradient equals the one torch's own convolution gradients give."""
+    x = tone_and_noise(batch=2, length=2 * 128)
+    grads, kinds = {}, {}
+    for taps in (True, False):
+        torch.manual_seed(0)
+        model = VQVAE(TINY_JUKEBOX_HOPS)
+        for module in model.modules():
+            if hasattr(module, "tap_gradients"):
+                module.tap_gradients = taps
+        taken = []
+        model.decoders[0][-1].register_forward_hook(lambda m, i, out: taken.append(type(out.grad_fn).__name__))
+        model(x).loss.backward()
+        grads[taps] = {name: p.grad.clone() for name, p in model.named_parameters()}
+        kinds[taps] = taken[0]
+    assert "TapConvolution" in kinds[True] and "TapConvolution" not in kinds[False]
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_decode_of_encode_equals_eval_forward() -> None:

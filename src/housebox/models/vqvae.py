@@ -17,6 +17,12 @@ convolutions become plain matrix products. The parameters are the usual Conv1d o
 checkpoints are unchanged, and the modules still accept ordinary Tensor[B x C x T] input.
 bench/bench_vqvae.py measures the gain (a training step of the Jukebox-size model on one core:
 about 1.2x in fp32 and 1.4x under bf16 autocast).
+
+Weight gradients in fp32 on a CPU: oneDNN's kernel for a convolution's weight gradient slows down
+more than in proportion on long frames (3-4x the forward convolution at 11,008 frames of 48
+channels, 8x at 22,016), so there `TapConvolution` computes it as one matrix product per kernel tap
+over the frames; the input gradient and everything else stay torch's. Under bf16 autocast, on other
+devices, and without gradients the convolutions are torch's own.
 """
 
 from __future__ import annotations
@@ -45,10 +51,83 @@ def from_frames(x: Tensor) -> Tensor:
     return x.squeeze(2)
 
 
+def _tap_rows(n_in: int, n_out: int, offset: int, stride: int) -> tuple[int, int]:
+    """The rows [lo, hi) of an n_out-row side whose partner row t * stride + offset lies in [0, n_in)."""
+    lo = -(offset // stride) if offset < 0 else 0  # ceil(-offset / stride)
+    hi = min(n_out, (n_in - 1 - offset) // stride + 1) if offset <= n_in - 1 else 0
+    return lo, max(lo, hi)
+
+
+def _tap_products(a: Tensor, b: Tensor, *, taps: int, stride: int, padding: int, dilation: int) -> Tensor:
+    """For each tap j, the sum over rows t of a[:, t]^T b[:, t * stride + j * dilation - padding] (rows outside b
+    count as zeros): frames a Tensor[B x Ta x Ca], b Tensor[B x Tb x Cb] -> Tensor[Ca x Cb x taps]."""
+    products = []
+    for j in range(taps):
+        offset = j * dilation - padding
+        lo, hi = _tap_rows(b.shape[1], a.shape[1], offset, stride)
+        if hi == lo:
+            products.append(a.new_zeros(a.shape[2], b.shape[2]))
+            continue
+        first = lo * stride + offset
+        partner = b[:, first : first + (hi - lo - 1) * stride + 1 : stride]  # (B, hi - lo, Cb), strided rows
+        products.append(torch.bmm(a[:, lo:hi].transpose(1, 2), partner).sum(0))
+    return torch.stack(products, dim=-1)
+
+
+def _time_major_rows(x: Tensor) -> Tensor:
+    """Frames Tensor[B x C x 1 x T] -> Tensor[B x T x C] (a view when x is time-major, else a copy)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[3], x.shape[1])
+
+
+class TapConvolution(torch.autograd.Function):
+    """F.conv2d (or F.conv_transpose2d) of time-major frames Tensor[B x Cin x 1 x T] with a 1 x k kernel whose
+    weight gradient is k matrix products, one per tap, over the frames (`_tap_products`); the forward
+    pass and the input gradient are torch's own. See the module docstring for when it is used."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int, dilation: int,
+                transposed: bool, output_padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.settings = (stride, padding, dilation, transposed, output_padding, bias is not None)
+        if transposed:
+            return F.conv_transpose2d(x, weight, bias, stride=(1, stride), padding=(0, padding),
+                                      output_padding=(0, output_padding), dilation=(1, dilation))
+        return F.conv2d(x, weight, bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, transposed, output_padding, has_bias = ctx.settings
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, stride], [0, padding], [1, dilation], transposed, [0, output_padding], 1,
+                [True, False, False],
+            )[0]
+        if ctx.needs_input_grad[1]:
+            # conv: out row t reads in row t * stride + j * dilation - padding through tap j;
+            # transposed: in row t writes out row t * stride + j * dilation - padding
+            rows_x, rows_grad = _time_major_rows(x), _time_major_rows(grad)
+            a, b = (rows_x, rows_grad) if transposed else (rows_grad, rows_x)
+            grad_weight = _tap_products(a, b, taps=weight.shape[-1], stride=stride, padding=padding,
+                                        dilation=dilation).unsqueeze(2)  # (Cout, Cin, 1, k) or (Cin, Cout, 1, k)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _tap_gradients(module: nn.Module, x: Tensor) -> bool:
+    """Whether a convolution of frames x takes `TapConvolution`: fp32 on a CPU, gradients wanted, one group."""
+    return (module.tap_gradients and x.device.type == "cpu" and x.dtype == torch.float32 and module.groups == 1
+            and torch.is_grad_enabled() and module.weight.requires_grad and not torch.is_autocast_enabled("cpu"))
+
+
 class Conv1d(nn.Conv1d):
     """nn.Conv1d (same parameters and state dict) that also takes time-major frames Tensor[B x Cin x 1 x T]
     and returns frames Tensor[B x Cout x 1 x T']; Tensor[B x Cin x T] input behaves as in nn.Conv1d.
-    Zero padding only."""
+    Zero padding only. `tap_gradients` False: torch's own weight gradient (for comparison)."""
+
+    tap_gradients = True
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
@@ -65,17 +144,25 @@ class Conv1d(nn.Conv1d):
             y = F.linear(taps, self.weight.squeeze(1), self.bias)  # (B, 1, T', Cout)
             return y.permute(0, 3, 1, 2)  # (B, Cout, 1, T'), channels-last
         weight = self.weight.unsqueeze(2)  # (Cout, Cin / groups, 1, k)
+        if _tap_gradients(self, x):
+            return TapConvolution.apply(x, weight, self.bias, stride, padding, dilation, False, 0)
         return F.conv2d(x, weight, self.bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation),
                         groups=self.groups)
 
 
 class ConvTranspose1d(nn.ConvTranspose1d):
     """nn.ConvTranspose1d (same parameters and state dict) that also maps time-major frames
-    Tensor[B x Cin x 1 x N] -> Tensor[B x Cout x 1 x T]; Tensor[B x Cin x N] input behaves as in nn.ConvTranspose1d."""
+    Tensor[B x Cin x 1 x N] -> Tensor[B x Cout x 1 x T]; Tensor[B x Cin x N] input behaves as in nn.ConvTranspose1d.
+    `tap_gradients` as in Conv1d."""
+
+    tap_gradients = True
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if x.dim() != 4:
             return super().forward(x, output_size)
+        if _tap_gradients(self, x):
+            return TapConvolution.apply(x, self.weight.unsqueeze(2), self.bias, self.stride[0], self.padding[0],
+                                        self.dilation[0], True, self.output_padding[0])
         return F.conv_transpose2d(
             x,
             self.weight.unsqueeze(2),  # (Cin, Cout, 1, k)
