@@ -21,7 +21,8 @@ from housebox.models.prior import Conditioning, Prior
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """Temperature, then keep the `top_k` best and the smallest set holding `top_p` of the mass.
-    Tensor[B x V] -> Tensor[B x V] with -inf where a code may not be drawn."""
+    Tensor[B x V] -> Tensor[B x V] with -inf where a code may not be drawn (float32 logits at temperature 1
+    with nothing to filter come back as the very tensor given)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if logits.dtype != torch.float32:
