@@ -46,7 +46,7 @@ from housebox.config import build, load_preset  # noqa: E402
 from housebox.data.dataset import AudioDataConfig  # noqa: E402
 from housebox.models.codebook import nearest_codes  # noqa: E402
 from housebox.models.losses import multi_resolution_stft_loss, reference_spectra, spectral_loss  # noqa: E402
-from housebox.models.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig  # noqa: E402
+from housebox.models.vqvae import VQVAE, Decoder, Encoder, VQVAEConfig, use_tap_gradients  # noqa: E402
 from housebox.train.loop import TrainConfig, _ema_update, _weight_decay_groups  # noqa: E402
 from housebox.train.vqvae import vqvae_step  # noqa: E402
 
@@ -174,10 +174,7 @@ def channel_major(model: VQVAE) -> VQVAE:
 
 def torch_weight_gradients(model: VQVAE) -> VQVAE:
     """The same model with torch's own convolution weight gradients instead of `TapConvolution`'s (fp32, CPU)."""
-    for module in model.modules():
-        if hasattr(module, "tap_gradients"):
-            module.tap_gradients = False
-    return model
+    return use_tap_gradients(model, False)
 
 
 def fresh_model(config: VQVAEConfig, seed: int = 0) -> VQVAE:

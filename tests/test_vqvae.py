@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from housebox.models.codebook import CodebookError, EMACodebook
@@ -24,7 +24,14 @@ from housebox.models.losses import (
     si_sdr,
     spectral_convergence_db,
 )
-from housebox.models.vqvae import VQVAE, TapConvolution, VQVAEConfig, VQVAEInputError, _tap_products
+from housebox.models.vqvae import (
+    VQVAE,
+    TapConvolution,
+    VQVAEConfig,
+    VQVAEInputError,
+    _tap_products,
+    use_tap_gradients,
+)
 
 TINY = VQVAEConfig(sample_rate=16000, downs=(2, 3, 4), width=16, depth=2, codebook_size=64, code_width=16)
 TINY_JUKEBOX_HOPS = VQVAEConfig(
@@ -140,10 +147,7 @@ def test_fp32_training_takes_tap_gradients_equal_to_torchs() -> None:
     grads, kinds = {}, {}
     for taps in (True, False):
         torch.manual_seed(0)
-        model = VQVAE(TINY_JUKEBOX_HOPS)
-        for module in model.modules():
-            if hasattr(module, "tap_gradients"):
-                module.tap_gradients = taps
+        model = use_tap_gradients(VQVAE(TINY_JUKEBOX_HOPS), taps)
         taken = []
         model.decoders[0][-1].register_forward_hook(lambda m, i, out: taken.append(type(out.grad_fn).__name__))
         model(x).loss.backward()

@@ -79,6 +79,16 @@ def _time_major_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[3], x.shape[1])
 
 
+def convolve_frames(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int, dilation: int,
+                    transposed: bool, output_padding: int, groups: int = 1) -> Tensor:
+    """A 1-D convolution (or transposed convolution) of frames Tensor[B x Cin x 1 x T] as the 2-D one with a 1 x k
+    kernel: weight Tensor[Cout x Cin/groups x 1 x k] (transposed: Tensor[Cin x Cout/groups x 1 x k])."""
+    if transposed:
+        return F.conv_transpose2d(x, weight, bias, stride=(1, stride), padding=(0, padding),
+                                  output_padding=(0, output_padding), groups=groups, dilation=(1, dilation))
+    return F.conv2d(x, weight, bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation), groups=groups)
+
+
 class TapConvolution(torch.autograd.Function):
     """F.conv2d (or F.conv_transpose2d) of time-major frames Tensor[B x Cin x 1 x T] with a 1 x k kernel whose
     weight gradient is k matrix products, one per tap, over the frames (`_tap_products`); the forward
@@ -89,10 +99,7 @@ class TapConvolution(torch.autograd.Function):
                 transposed: bool, output_padding: int) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.settings = (stride, padding, dilation, transposed, output_padding, bias is not None)
-        if transposed:
-            return F.conv_transpose2d(x, weight, bias, stride=(1, stride), padding=(0, padding),
-                                      output_padding=(0, output_padding), dilation=(1, dilation))
-        return F.conv2d(x, weight, bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation))
+        return convolve_frames(x, weight, bias, stride, padding, dilation, transposed, output_padding)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -122,6 +129,15 @@ def _tap_gradients(module: nn.Module, x: Tensor) -> bool:
             and torch.is_grad_enabled() and module.weight.requires_grad and not torch.is_autocast_enabled("cpu"))
 
 
+def use_tap_gradients(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every Conv1d / ConvTranspose1d of `model` to `TapConvolution`'s weight gradients where they apply
+    (enabled, the default) or to torch's own (for comparison); returns the model."""
+    for module in model.modules():
+        if isinstance(module, (Conv1d, ConvTranspose1d)):
+            module.tap_gradients = enabled
+    return model
+
+
 class Conv1d(nn.Conv1d):
     """nn.Conv1d (same parameters and state dict) that also takes time-major frames Tensor[B x Cin x 1 x T]
     and returns frames Tensor[B x Cout x 1 x T']; Tensor[B x Cin x T] input behaves as in nn.Conv1d.
@@ -143,11 +159,10 @@ class Conv1d(nn.Conv1d):
             taps = F.pad(x[:, 0], (padding, padding)).unfold(-1, kernel, stride)  # (B, 1, T', k)
             y = F.linear(taps, self.weight.squeeze(1), self.bias)  # (B, 1, T', Cout)
             return y.permute(0, 3, 1, 2)  # (B, Cout, 1, T'), channels-last
-        weight = self.weight.unsqueeze(2)  # (Cout, Cin / groups, 1, k)
+        settings = (x, self.weight.unsqueeze(2), self.bias, stride, padding, dilation, False, 0)  # (Cout, Cin/g, 1, k)
         if _tap_gradients(self, x):
-            return TapConvolution.apply(x, weight, self.bias, stride, padding, dilation, False, 0)
-        return F.conv2d(x, weight, self.bias, stride=(1, stride), padding=(0, padding), dilation=(1, dilation),
-                        groups=self.groups)
+            return TapConvolution.apply(*settings)
+        return convolve_frames(*settings, groups=self.groups)
 
 
 class ConvTranspose1d(nn.ConvTranspose1d):
@@ -160,19 +175,11 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if x.dim() != 4:
             return super().forward(x, output_size)
+        settings = (x, self.weight.unsqueeze(2), self.bias, self.stride[0], self.padding[0], self.dilation[0], True,
+                    self.output_padding[0])  # weight (Cin, Cout / groups, 1, k)
         if _tap_gradients(self, x):
-            return TapConvolution.apply(x, self.weight.unsqueeze(2), self.bias, self.stride[0], self.padding[0],
-                                        self.dilation[0], True, self.output_padding[0])
-        return F.conv_transpose2d(
-            x,
-            self.weight.unsqueeze(2),  # (Cin, Cout, 1, k)
-            self.bias,
-            stride=(1, self.stride[0]),
-            padding=(0, self.padding[0]),
-            output_padding=(0, self.output_padding[0]),
-            groups=self.groups,
-            dilation=(1, self.dilation[0]),
-        )
+            return TapConvolution.apply(*settings)
+        return convolve_frames(*settings, groups=self.groups)
 
 
 def dilations(*, depth: int, growth: int, cycle: int | None) -> list[int]:
