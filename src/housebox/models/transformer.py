@@ -151,14 +151,17 @@ def blockwise_attention(
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
         y = y.view(B, H, b, rows, hd).transpose(2, 3)  # (B, H, rows, b, hd)
     elif kind == "prev_block":
-        q = q.reshape(B, H * rows, b, hd)  # (B, H * rows, b, hd)
-        k, v = (with_previous_row(x.reshape(B, H, rows, b, hd)).reshape(B, H * rows, 2 * b, hd) for x in (k, v))
+        # rows as SDPA's head dimension and B * H as its batch, so that one mask Tensor[1 x rows x b x 2b] is
+        # broadcast over the batch: a 4-d mask takes torch's fused CPU kernel, where a mask repeated to
+        # (B * H * rows) sequences measured 1.8x slower forward and backward (the unfused path)
+        q = q.reshape(B * H, rows, b, hd)  # (B * H, rows, b, hd)
+        k, v = (with_previous_row(x.reshape(B, H, rows, b, hd)).reshape(B * H, rows, 2 * b, hd) for x in (k, v))
         if causal:
             mask = prev_block_mask(b, device=q.device).repeat(rows, 1, 1)  # (rows, b, 2b)
         else:  # the whole previous row and the whole own row
             mask = torch.ones(rows, b, 2 * b, dtype=torch.bool, device=q.device)
         mask[0, :, :b] = False  # the first row has no previous row (its keys there are zero padding)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(H, 1, 1), dropout_p=dropout_p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], dropout_p=dropout_p)  # (B * H, rows, b, hd)
     else:
         raise TransformerError(f"blockwise attention needs one of {FACTORISED_KINDS}, got {kind!r}")
     return y.reshape(B, H, rows * b, hd)[:, :, :T]  # (B, H, T, hd)
