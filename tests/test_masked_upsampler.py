@@ -154,7 +154,7 @@ def test_masked_config_is_checked() -> None:
 
 
 @pytest.mark.slow
-def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path, monkeypatch) -> None:
+def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path, monkeypatch, capsys) -> None:
     run = train_tiny_run(demo_data, tmp_path / "run", vqvae_steps=6, prior_steps=4)
     args = ["--data", str(demo_data), "--device", "cpu", *TINY_UP, "--set", "upsampler_train.steps=4"]
     assert main(["train", "upsampler", "--level", "1", "-o", str(run / "up_l1"), *args]) == 0
@@ -177,7 +177,24 @@ def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path, mo
     assert all(np.array_equal(a[f"l{level}"], b[f"l{level}"]) for level in (2, 1, 0))
     assert (tmp_path / "a" / "sample_000.wav").exists()
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["settings"]["upsample_steps"] == 4
+    assert report["settings"]["upsample_steps"] == 4 and report["settings"]["upsample_noise"] == 10.0
+    import housebox.generate.sampling as sampling
+
+    noises = []
+    real = sampling._sample_masked
+
+    def recording(prior, **kwargs):
+        noises.append(kwargs["remask_noise"])
+        return real(prior, **kwargs)
+
+    monkeypatch.setattr(sampling, "_sample_masked", recording)
+    assert main(["sample", str(run), "--seconds", "1.5", "--seed", "3", "--upsample-noise", "inf",
+                 "-o", str(tmp_path / "c"), "--device", "cpu", "--beat-guidance", "1"]) == 0
+    assert noises == [math.inf]  # level 0 only: level 1 is autoregressive
+    assert json.loads((tmp_path / "c" / "report.json").read_text())["settings"]["upsample_noise"] == math.inf
+    assert main(["sample", str(run), "--seconds", "1.5", "--upsample-noise", "-2", "-o", str(tmp_path / "d"),
+                 "--device", "cpu"]) != 0
+    assert "--upsample-noise must be >= 0" in capsys.readouterr().err
 
 
 def test_upper_noise_replaces_that_share_of_the_codes_above_in_training_only() -> None:
@@ -246,3 +263,40 @@ def test_remask_noise_changes_which_draws_are_kept(monkeypatch) -> None:
         first[noise] = hidden_again[0]
     assert first[0.0].shape == first[10.0].shape == (2, unmask_schedule(N_CTX, 4)[0])
     assert not torch.equal(first[0.0], first[10.0])
+
+
+def test_infinite_remask_noise_keeps_a_random_share_whatever_the_model(monkeypatch) -> None:
+    """--upsample-noise inf: which draws a pass hides again depends on the seed only, not on the model's
+    confidence (two different models, the same seed: the same positions), where without noise each model
+    hides its own least confident draws; a negative scale is refused."""
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
+    real_topk = torch.Tensor.topk
+    hidden_again = []
+
+    def recording_topk(self, k, dim=-1, largest=True, sorted=True):
+        out = real_topk(self, k, dim=dim, largest=largest, sorted=sorted)
+        if not largest:
+            hidden_again.append(out.indices.sort(dim=1).values)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "topk", recording_topk)
+    models = [masked_upsampler(seed).eval() for seed in (0, 1)]
+    for model in models:
+        with torch.no_grad():
+            model.head.weight.mul_(20.0)  # confident, and unequally so across positions
+    first = {}
+    for noise in (0.0, math.inf):
+        for i, model in enumerate(models):
+            hidden_again.clear()
+            sample_masked(model, n_tokens=N_CTX, labels=labels(2), upper=upper, steps=4, remask_noise=noise,
+                          generator=torch.Generator().manual_seed(1), progress=False)
+            first[noise, i] = hidden_again[0]
+    assert first[math.inf, 0].shape == (2, unmask_schedule(N_CTX, 4)[0])
+    assert torch.equal(first[math.inf, 0], first[math.inf, 1])
+    hidden_again.clear()  # ... and on the seed: another seed, other positions
+    sample_masked(models[0], n_tokens=N_CTX, labels=labels(2), upper=upper, steps=4, remask_noise=math.inf,
+                  generator=torch.Generator().manual_seed(2), progress=False)
+    assert not torch.equal(hidden_again[0], first[math.inf, 0])
+    assert not torch.equal(first[0.0, 0], first[0.0, 1])  # by confidence: each model its own
+    with pytest.raises(ValueError, match="remask_noise"):
+        sample_masked(models[0], n_tokens=N_CTX, labels=labels(2), upper=upper, remask_noise=-1.0, progress=False)

@@ -131,6 +131,15 @@ def _cmd_train_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _noise(args: argparse.Namespace) -> dict[str, float]:
+    """--upsample-noise where given (else the settings' default), checked."""
+    if args.upsample_noise is None:
+        return {}
+    if not args.upsample_noise >= 0:
+        raise ValueError(f"--upsample-noise must be >= 0 (inf: a random order), got {args.upsample_noise}")
+    return {"upsample_noise": args.upsample_noise}
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import time
 
@@ -142,7 +151,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         beat_guidance=args.beat_guidance,
         seed=args.seed, hop_fraction=args.hop_fraction, levels=args.levels, prime=args.prime,
         prime_seconds=args.prime_seconds, continue_codes=args.continue_codes, upsample_only=args.upsample_only,
-        bpm=args.bpm, upsample_steps=args.upsample_steps, upsample_hop=args.upsample_hop, compile=args.compile,
+        bpm=args.bpm, upsample_steps=args.upsample_steps, upsample_hop=args.upsample_hop,
+        compile=args.compile, **_noise(args),
     )
     if args.seconds <= 0 or args.n < 1:
         raise ValueError("--seconds must be > 0 and -n at least 1")
@@ -187,7 +197,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, _device(args.device), upsampler_kind=args.upsampler_kind)
     out = Path(args.output or Path(args.run) / "evaluation")
     report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed,
-                          temperature=args.temperature, stage_pieces=getattr(args, "stage_pieces", 2))
+                          temperature=args.temperature, stage_pieces=getattr(args, "stage_pieces", 2),
+                          **_noise(args))
     print_summary(report)
     print(f"wrote {out / 'evaluation.json'} (held-out and training audio per artist, tempo and key per generated "
           f"track, distances per artist, the stage table) and {out / 'evaluation.png'}")
@@ -236,6 +247,13 @@ def _device(name: str) -> str:
 def _add_upsampler_kind_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
                    help="where a level holds an upsampler of each kind, the one to use (default masked)")
+
+
+def _add_upsample_noise_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--upsample-noise", type=float, metavar="SCALE",
+                   help="a masked upsampler keeps a pass's most confident draws after Gumbel noise of this scale; "
+                        "inf keeps a random share (default 10; the better trained the upsampler, the darker a "
+                        "finite scale makes it: README, \"Masked upsamplers\")")
 
 
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
@@ -381,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample-hop", type=float, default=0.875,
                    help="masked windows start this share of a window apart (default 0.875; 0.5 recomputes half "
                         "of every window)")
+    _add_upsample_noise_flag(p)
     _add_upsampler_kind_flag(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="the priors' weights and KV cache while sampling (default auto: bf16 on a CUDA GPU that "
@@ -463,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "demo)")
     p.add_argument("--stage-pieces", type=int, default=2, help="held-out pieces per artist put through each "
                                                                  "stage of the stage table (default 2)")
+    _add_upsample_noise_flag(p)
     _add_upsampler_kind_flag(p)
     _add_device_flag(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -378,7 +378,7 @@ def evaluation_folders(run_dir: Path) -> list[Path]:
 
 def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: float = 30.0, per_artist: int = 1,
                  seed: int = 1000, temperature: float = 1.0, progress: bool = True, stage_pieces: int = 2,
-                 artists: list[str] | None = None) -> dict:
+                 artists: list[str] | None = None, upsample_noise: float = SampleSettings.upsample_noise) -> dict:
     """Evaluate `run` on `data_dir`, writing samples, evaluation.json and PNGs under `out_dir`.
 
     `stage_pieces`: held-out pieces of `seconds` per artist that go through the stages (each is upsampled
@@ -418,7 +418,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         # generated tracks against the artist's tracks
         genres = tuple(Counter(g for r in mine for g in r["genres"]).most_common(1)[0][0:1])
         settings = SampleSettings(artist=artist, genres=genres, seconds=seconds, n=per_artist, seed=seed + i,
-                                  temperature=temperature)
+                                  temperature=temperature, upsample_noise=upsample_noise)
         generation = generate(run, settings, progress=progress, label=f"{artist}, generated")
         samples_dir = out_dir / "samples" / _slug(artist)
         write_outputs(samples_dir, generation, settings, run)
@@ -443,7 +443,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         stage_list += [{"artist": artist, "track": p.row["id"], "start_s": round(p.first / top_rate, 2),
                         "seconds": round(p.tokens / top_rate, 2)} for p in pieces]
         _measure_stages(run, upsampled_runs, data_dir, pieces, artist, genres, measured, seed=seed + 10_000 + i,
-                        temperature=temperature, progress=progress)
+                        temperature=temperature, progress=progress, upsample_noise=upsample_noise)
 
     all_reference = np.concatenate(list(references.values())) if references else np.zeros((0, 44))
     distance_table["all"] = _distance_entry(np.concatenate(generated_all) if generated_all else np.zeros((0, 44)),
@@ -463,6 +463,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
             stages, f"upsampled_{run.priors[min(run.priors)].config.kind}" if kinds else "upsampled"),
         "settings": {"seconds": seconds, "per_artist": per_artist, "seed": seed, "temperature": temperature,
                      "stage_pieces": stage_pieces, "upsample_steps": SampleSettings.upsample_steps,
+                     "upsample_noise": upsample_noise,
                      "upsamplers": {f"level_{level}": run.priors[level].config.kind
                                     for level in sorted(run.priors) if level < top}},
         "criteria": {"tempo_tolerance_bpm": TEMPO_TOLERANCE_BPM, "kick_detected_at": KICK_DETECTED},
@@ -506,7 +507,7 @@ def _distance_entry(generated: np.ndarray, training: np.ndarray, reference: np.n
 
 def _measure_stages(run: Run, upsampled_runs: dict[str, Run], data_dir: Path, pieces: list[Piece], artist: str,
                     genres: tuple[str, ...], measured: dict[str, dict[str, Measured]], seed: int, temperature: float,
-                    progress: bool) -> None:
+                    progress: bool, upsample_noise: float = SampleSettings.upsample_noise) -> None:
     """Put held-out pieces through the stages (equally long pieces in one batch) and measure each stage;
     `upsampled_runs`: stage name -> the run whose upsamplers fill that row (the same top codes and seed)."""
     config = run.vqvae.config
@@ -522,7 +523,7 @@ def _measure_stages(run: Run, upsampled_runs: dict[str, Run], data_dir: Path, pi
             "vqvae_top": decode(run.vqvae, top_codes.to(device), top),
         }
         settings = SampleSettings(artist=artist, genres=genres, seconds=tokens / config.tokens_per_second(top),
-                                  n=len(group), seed=seed, temperature=temperature)
+                                  n=len(group), seed=seed, temperature=temperature, upsample_noise=upsample_noise)
         grids = [_piece_grid(data_dir, p, top_hop / sr) for p in group]
         beats = grids if run.clocked and all(g is not None for g in grids) else None  # each piece's own grid
         for stage, variant in upsampled_runs.items():

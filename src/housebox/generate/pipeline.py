@@ -53,6 +53,9 @@ class SampleSettings:
     # recomputes an eighth of the one before) -- both chosen by measurement (README, "Masked upsamplers")
     upsample_steps: int = 4
     upsample_hop: float = 0.875
+    # which of a pass's draws a masked upsampler keeps: the most confident after Gumbel noise of this scale
+    # (inf: a random order, independent of the model) -- README, "Masked upsamplers"
+    upsample_noise: float = 10.0
     compile: bool = False  # one-token steps through torch.compile (CUDA graphs on a GPU); eager by default
 
 
@@ -233,7 +236,8 @@ def upsample(run: Run, codes_above: Tensor, level: int, labels: Labels, settings
         return sample_masked(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
                              beats=level_beats(run, grids, level, n_tokens), steps=settings.upsample_steps,
                              temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                             cfg_scale=settings.cfg_scale, hop_fraction=settings.upsample_hop, generator=generator,
+                             cfg_scale=settings.cfg_scale, hop_fraction=settings.upsample_hop,
+                             remask_noise=settings.upsample_noise, generator=generator,
                              progress=progress, desc=f"{lead}level {level} (masked, {settings.upsample_steps} passes)")
     return sample_codes(prior, n_tokens=n_tokens, labels=labels, prime=prime, upper=codes_above,
                         beats=level_beats(run, grids, level, n_tokens),

@@ -360,6 +360,8 @@ def _sample_masked(
         raise ValueError("sample_masked needs a masked upsampler (kind: masked); use sample_codes")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not remask_noise >= 0:
+        raise ValueError(f"remask_noise must be >= 0 (inf: a random order), got {remask_noise}")
     device = prior.head.weight.device
     b, n = labels.artist.shape[0], config.n_ctx
     total_tokens = total_tokens or n_tokens
@@ -394,12 +396,17 @@ def _sample_masked(
             uniforms = torch.rand(b * length, generator=generator).to(device)
             gumbel = -torch.log(-torch.log(torch.rand(b, length, generator=generator).clamp(1e-9, 1 - 1e-9)))
             drawn = draw(filtered, uniforms).view(b, length)  # (B, L)
-            log_probs = torch.log_softmax(filtered, dim=-1).gather(1, drawn.view(-1, 1)).view(b, length)
-            confidence = log_probs + remask_noise * (1.0 - (k + 1) / len(schedule)) * gumbel.to(device)
-            confidence = confidence.masked_fill(~hidden[:, :length], float("inf"))  # known codes stay
+            if left:  # hide again the `left` least confident of this pass's draws
+                noise = remask_noise * (1.0 - (k + 1) / len(schedule))
+                if math.isinf(noise):  # a random order: which draws stay does not depend on the model
+                    confidence = gumbel.to(device)
+                else:
+                    log_probs = torch.log_softmax(filtered, dim=-1).gather(1, drawn.view(-1, 1)).view(b, length)
+                    confidence = log_probs + noise * gumbel.to(device)
+                confidence = confidence.masked_fill(~hidden[:, :length], float("inf"))  # known codes stay
             window[:, :length] = torch.where(hidden[:, :length], drawn, window[:, :length])
             hidden[:, :length] = False
-            if left:  # hide again the `left` least confident of this pass's draws
+            if left:
                 lowest = confidence.topk(left, dim=1, largest=False).indices  # (B, left)
                 hidden.scatter_(1, lowest, True)
                 window[hidden] = prior.mask_id
