@@ -237,15 +237,9 @@ def test_passes_keep_the_temperature_unless_annealing_is_asked(monkeypatch) -> N
     assert seen == [0.9, 0.75, 0.6, 0.45]
 
 
-def test_remask_noise_changes_which_draws_are_kept(monkeypatch) -> None:
-    """The same draws (same seed) with and without the default noise: without it the first pass hides again
-    exactly its least confident draws; with it others (the noise keeps the most predictable codes, quiet
-    ones on real music, from filling the window first)."""
-    model = masked_upsampler().eval()
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)  # confident, and unequally so across positions
-    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
-    hidden_again = []
+def record_hidden_again(monkeypatch) -> list[torch.Tensor]:
+    """A list that collects, pass by pass, the positions a masked pass hides again (its smallest-k topk)."""
+    hidden_again: list[torch.Tensor] = []
     real_topk = torch.Tensor.topk
 
     def recording_topk(self, k, dim=-1, largest=True, sorted=True):
@@ -255,6 +249,18 @@ def test_remask_noise_changes_which_draws_are_kept(monkeypatch) -> None:
         return out
 
     monkeypatch.setattr(torch.Tensor, "topk", recording_topk)
+    return hidden_again
+
+
+def test_remask_noise_changes_which_draws_are_kept(monkeypatch) -> None:
+    """The same draws (same seed) with and without the default noise: without it the first pass hides again
+    exactly its least confident draws; with it others (the noise keeps the most predictable codes, quiet
+    ones on real music, from filling the window first)."""
+    model = masked_upsampler().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)  # confident, and unequally so across positions
+    upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
+    hidden_again = record_hidden_again(monkeypatch)
     first = {}
     for noise in (0.0, 10.0):
         hidden_again.clear()
@@ -270,16 +276,7 @@ def test_infinite_remask_noise_keeps_a_random_share_whatever_the_model(monkeypat
     confidence (two different models, the same seed: the same positions), where without noise each model
     hides its own least confident draws; a negative scale is refused."""
     upper = torch.randint(0, V, (2, N_CTX // RATIO), generator=torch.Generator().manual_seed(4))
-    real_topk = torch.Tensor.topk
-    hidden_again = []
-
-    def recording_topk(self, k, dim=-1, largest=True, sorted=True):
-        out = real_topk(self, k, dim=dim, largest=largest, sorted=sorted)
-        if not largest:
-            hidden_again.append(out.indices.sort(dim=1).values)
-        return out
-
-    monkeypatch.setattr(torch.Tensor, "topk", recording_topk)
+    hidden_again = record_hidden_again(monkeypatch)
     models = [masked_upsampler(seed).eval() for seed in (0, 1)]
     for model in models:
         with torch.no_grad():
