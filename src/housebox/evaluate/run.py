@@ -507,7 +507,7 @@ def _distance_entry(generated: np.ndarray, training: np.ndarray, reference: np.n
 
 def _measure_stages(run: Run, upsampled_runs: dict[str, Run], data_dir: Path, pieces: list[Piece], artist: str,
                     genres: tuple[str, ...], measured: dict[str, dict[str, Measured]], seed: int, temperature: float,
-                    progress: bool, upsample_noise: float = SampleSettings.upsample_noise) -> None:
+                    progress: bool, upsample_noise: float) -> None:
     """Put held-out pieces through the stages (equally long pieces in one batch) and measure each stage;
     `upsampled_runs`: stage name -> the run whose upsamplers fill that row (the same top codes and seed)."""
     config = run.vqvae.config
