@@ -191,7 +191,8 @@ def test_mixed_run_autoregressive_level_1_masked_level_0(demo_data, tmp_path, mo
     assert main(["sample", str(run), "--seconds", "1.5", "--seed", "3", "--upsample-noise", "inf",
                  "-o", str(tmp_path / "c"), "--device", "cpu", "--beat-guidance", "1"]) == 0
     assert noises == [math.inf]  # level 0 only: level 1 is autoregressive
-    assert json.loads((tmp_path / "c" / "report.json").read_text())["settings"]["upsample_noise"] == math.inf
+    report = json.loads((tmp_path / "c" / "report.json").read_text(), parse_constant=refuse_constant)
+    assert float(report["settings"]["upsample_noise"]) == math.inf  # "inf": strict JSON readers take it
     assert main(["sample", str(run), "--seconds", "1.5", "--upsample-noise", "-2", "-o", str(tmp_path / "d"),
                  "--device", "cpu"]) != 0
     assert "--upsample-noise must be >= 0" in capsys.readouterr().err
@@ -297,3 +298,7 @@ def test_infinite_remask_noise_keeps_a_random_share_whatever_the_model(monkeypat
     assert not torch.equal(first[0.0, 0], first[0.0, 1])  # by confidence: each model its own
     with pytest.raises(ValueError, match="remask_noise"):
         sample_masked(models[0], n_tokens=N_CTX, labels=labels(2), upper=upper, remask_noise=-1.0, progress=False)
+
+
+def refuse_constant(name: str):
+    raise ValueError(f"{name} in a JSON file: strict readers (JSON.parse, jq) refuse it")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from housebox.store import load_train_state, load_weights
+from housebox.store import load_train_state, load_weights, write_json
 from housebox.train.loop import (
     StepOutput,
     TrainConfig,
@@ -387,3 +387,14 @@ def test_validation_summary_names_the_kept_step():
     assert result(None, None, 6.25).validation_summary("bits", "bits/token") == \
         "validation 6.250 bits/token (last weights kept)"
     assert result(None, None, 6.25).validation_summary("loss", "nats") == ""
+
+
+def test_write_json_is_strict_json(tmp_path):
+    """Non-finite floats go out as strings (Python's default Infinity / NaN breaks a browser's JSON.parse)."""
+    def refuse(name):
+        raise ValueError(name)
+
+    write_json(tmp_path / "a.json", {"noise": math.inf, "rows": [-math.inf, math.nan, 1.5], "pair": (2, "x")})
+    data = json.loads((tmp_path / "a.json").read_text(), parse_constant=refuse)
+    assert data == {"noise": "inf", "rows": ["-inf", "nan", 1.5], "pair": [2, "x"]}
+    assert float(data["noise"]) == math.inf and math.isnan(float(data["rows"][1]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,22 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def strict_json(data: Any) -> Any:
+    """`data` with every non-finite float as the string "inf", "-inf" or "nan": Python's json writes them as
+    Infinity / NaN, which strict readers (a browser's JSON.parse, jq) refuse; float("inf") reads the string."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return "nan" if math.isnan(data) else ("inf" if data > 0 else "-inf")
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(value) for value in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    _replace_atomically(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)))
+    """`data` as indented JSON that strict readers accept (non-finite floats as strings, see strict_json)."""
+    text = json.dumps(strict_json(data), indent=1, default=str, allow_nan=False)
+    _replace_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

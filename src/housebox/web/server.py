@@ -41,6 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from housebox.store import strict_json
+
 STATIC = Path(__file__).parent / "static"
 UPLOADS = ".uploads"  # inside the samples folder; hidden, so never served
 MAX_JSON_BYTES = 64 * 1024
@@ -608,7 +610,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _json(self, data: dict, status: HTTPStatus = HTTPStatus.OK) -> None:
-        payload = json.dumps(data).encode()
+        payload = json.dumps(strict_json(data), allow_nan=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
