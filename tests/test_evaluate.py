@@ -186,15 +186,26 @@ def tiny_run(demo_data, tmp_path_factory):
                           upsampler_steps=6)
 
 
-def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys):
+def test_stage_table_on_a_tiny_run(tiny_run, demo_data, tmp_path, capsys, monkeypatch):
     """Held-out pieces through every stage of a (barely trained) run: the table's shape, finite distances after
-    the VQ-VAE, and held-out audio on its own manifest tempo."""
+    the VQ-VAE, and held-out audio on its own manifest tempo; the generated tracks sample with the beat
+    guidance asked for."""
+    import housebox.evaluate.run as evaluate_module
     from housebox.evaluate.run import evaluate_run, print_summary
     from housebox.generate.pipeline import load_run
 
+    guidance, real_generate = [], evaluate_module.generate
+
+    def recording(run, settings, *args, **kwargs):
+        if kwargs.get("top_codes") is None:  # a generated track, not a stage
+            guidance.append(settings.beat_guidance)
+        return real_generate(run, settings, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "generate", recording)
     artist = ARTISTS[0].name
     report = evaluate_run(load_run(tiny_run, "cpu"), demo_data, tmp_path, seconds=4.5, per_artist=1, stage_pieces=1,
-                          progress=False, artists=[artist])
+                          progress=False, artists=[artist], beat_guidance=1.5)
+    assert guidance == [1.5] and report["settings"]["beat_guidance"] == 1.5
     stages = report["stages"]
     assert list(stages) == ["heldout", "vqvae", "vqvae_top", "upsampled", "generated"]  # one kind of upsampler
     for rows in stages.values():
@@ -412,3 +423,19 @@ def test_stage_table_compares_both_upsampler_kinds_on_the_same_top_codes(tiny_ru
     shutil.copytree(run / "up_l0_masked", run / "up_l0_masked_copy")
     with pytest.raises(ValueError, match="two masked upsamplers for level 0"):
         load_run(run)
+
+
+def test_evaluate_cli_passes_the_sampling_flags(tiny_run, tmp_path, monkeypatch):
+    """`housebox evaluate --beat-guidance --upsample-noise --temperature` reach the evaluation; defaults as
+    `sample`'s for guidance (3) and the demo's temperature (0.95)."""
+    import housebox.evaluate.run as evaluate_module
+    from housebox.cli import main
+
+    calls = []
+    monkeypatch.setattr(evaluate_module, "evaluate_run", lambda run, data, out, **kwargs: calls.append(kwargs) or {})
+    monkeypatch.setattr(evaluate_module, "print_summary", lambda report: None)
+    base = ["evaluate", str(tiny_run), "--data", str(tmp_path), "-o", str(tmp_path / "e"), "--device", "cpu"]
+    assert main(base) == 0
+    assert main([*base, "--beat-guidance", "1.5", "--upsample-noise", "inf", "--temperature", "1"]) == 0
+    assert (calls[0]["beat_guidance"], calls[0]["temperature"], "upsample_noise" in calls[0]) == (3.0, 0.95, False)
+    assert (calls[1]["beat_guidance"], calls[1]["temperature"], calls[1]["upsample_noise"]) == (1.5, 1.0, math.inf)

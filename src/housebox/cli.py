@@ -198,7 +198,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.run) / "evaluation")
     report = evaluate_run(run, args.data, out, seconds=args.seconds, per_artist=args.per_artist, seed=args.seed,
                           temperature=args.temperature, stage_pieces=getattr(args, "stage_pieces", 2),
-                          **_noise(args))
+                          beat_guidance=args.beat_guidance, **_noise(args))
     print_summary(report)
     print(f"wrote {out / 'evaluation.json'} (held-out and training audio per artist, tempo and key per generated "
           f"track, distances per artist, the stage table) and {out / 'evaluation.png'}")
@@ -247,6 +247,12 @@ def _device(name: str) -> str:
 def _add_upsampler_kind_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsampler-kind", choices=["autoregressive", "masked"],
                    help="where a level holds an upsampler of each kind, the one to use (default masked)")
+
+
+def _add_beat_guidance_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beat-guidance", type=float, default=3.0,
+                   help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; "
+                        "1: off; lower is brighter and closer to the music, with a weaker kick: README)")
 
 
 def _add_upsample_noise_flag(p: argparse.ArgumentParser) -> None:
@@ -390,8 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest codes (default 0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1: off)")
-    p.add_argument("--beat-guidance", type=float, default=3.0,
-                   help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; 1: off)")
+    _add_beat_guidance_flag(p)
     p.add_argument("--hop-fraction", type=float, default=0.5, help="window advance beyond the context (default 0.5)")
     p.add_argument("--upsample-steps", type=int, default=4,
                    help="passes per window of a masked upsampler (default 4; 2 is ~2x faster, 8 a little closer "
@@ -482,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "demo)")
     p.add_argument("--stage-pieces", type=int, default=2, help="held-out pieces per artist put through each "
                                                                  "stage of the stage table (default 2)")
+    _add_beat_guidance_flag(p)
     _add_upsample_noise_flag(p)
     _add_upsampler_kind_flag(p)
     _add_device_flag(p)

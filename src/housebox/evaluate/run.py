@@ -378,11 +378,14 @@ def evaluation_folders(run_dir: Path) -> list[Path]:
 
 def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: float = 30.0, per_artist: int = 1,
                  seed: int = 1000, temperature: float = 1.0, progress: bool = True, stage_pieces: int = 2,
-                 artists: list[str] | None = None, upsample_noise: float = SampleSettings.upsample_noise) -> dict:
+                 artists: list[str] | None = None, upsample_noise: float = SampleSettings.upsample_noise,
+                 beat_guidance: float = SampleSettings.beat_guidance) -> dict:
     """Evaluate `run` on `data_dir`, writing samples, evaluation.json and PNGs under `out_dir`.
 
     `stage_pieces`: held-out pieces of `seconds` per artist that go through the stages (each is upsampled
     once, as costly as generating a track). `artists`: only these (default: every artist of the run with data).
+    `beat_guidance`: the top prior's guidance by the beat clock in the generated tracks (the stages start
+    from true top codes).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -418,7 +421,8 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
         # generated tracks against the artist's tracks
         genres = tuple(Counter(g for r in mine for g in r["genres"]).most_common(1)[0][0:1])
         settings = SampleSettings(artist=artist, genres=genres, seconds=seconds, n=per_artist, seed=seed + i,
-                                  temperature=temperature, upsample_noise=upsample_noise)
+                                  temperature=temperature, upsample_noise=upsample_noise,
+                                  beat_guidance=beat_guidance)
         generation = generate(run, settings, progress=progress, label=f"{artist}, generated")
         samples_dir = out_dir / "samples" / _slug(artist)
         write_outputs(samples_dir, generation, settings, run)
@@ -463,7 +467,7 @@ def evaluate_run(run: Run, data_dir: str | Path, out_dir: str | Path, seconds: f
             stages, f"upsampled_{run.priors[min(run.priors)].config.kind}" if kinds else "upsampled"),
         "settings": {"seconds": seconds, "per_artist": per_artist, "seed": seed, "temperature": temperature,
                      "stage_pieces": stage_pieces, "upsample_steps": SampleSettings.upsample_steps,
-                     "upsample_noise": upsample_noise,
+                     "upsample_noise": upsample_noise, "beat_guidance": beat_guidance,
                      "upsamplers": {f"level_{level}": run.priors[level].config.kind
                                     for level in sorted(run.priors) if level < top}},
         "criteria": {"tempo_tolerance_bpm": TEMPO_TOLERANCE_BPM, "kick_detected_at": KICK_DETECTED},
