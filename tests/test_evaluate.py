@@ -427,7 +427,7 @@ def test_stage_table_compares_both_upsampler_kinds_on_the_same_top_codes(tiny_ru
 
 def test_evaluate_cli_passes_the_sampling_flags(tiny_run, tmp_path, monkeypatch):
     """`housebox evaluate --beat-guidance --upsample-noise --temperature` reach the evaluation; defaults as
-    `sample`'s for guidance (3) and the demo's temperature (0.95)."""
+    `sample`'s for guidance (2) and the demo's temperature (0.95)."""
     import housebox.evaluate.run as evaluate_module
     from housebox.cli import main
 
@@ -437,5 +437,5 @@ def test_evaluate_cli_passes_the_sampling_flags(tiny_run, tmp_path, monkeypatch)
     base = ["evaluate", str(tiny_run), "--data", str(tmp_path), "-o", str(tmp_path / "e"), "--device", "cpu"]
     assert main(base) == 0
     assert main([*base, "--beat-guidance", "1.5", "--upsample-noise", "inf", "--temperature", "1"]) == 0
-    assert (calls[0]["beat_guidance"], calls[0]["temperature"], "upsample_noise" in calls[0]) == (3.0, 0.95, False)
+    assert (calls[0]["beat_guidance"], calls[0]["temperature"], "upsample_noise" in calls[0]) == (2.0, 0.95, False)
     assert (calls[1]["beat_guidance"], calls[1]["temperature"], calls[1]["upsample_noise"]) == (1.5, 1.0, math.inf)

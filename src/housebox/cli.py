@@ -250,9 +250,9 @@ def _add_upsampler_kind_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_beat_guidance_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beat-guidance", type=float, default=3.0,
-                   help="top level: guidance by the beat clock, for priors trained with clock dropout (default 3; "
-                        "1: off; lower is brighter and closer to the music, with a weaker kick: README)")
+    p.add_argument("--beat-guidance", type=float, default=2.0,
+                   help="top level: guidance by the beat clock, for priors trained with clock dropout (default 2; "
+                        "1: off; 3 holds the beat harder and plays more kick and less of the rest: README)")
 
 
 def _add_upsample_noise_flag(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ class SampleSettings:
     top_k: int = 0
     top_p: float = 1.0
     cfg_scale: float = 1.0
-    beat_guidance: float = 3.0  # top level: guidance by the beat clock (1: off; measured on real music, README)
+    beat_guidance: float = 2.0  # top level: guidance by the beat clock (1: off; measured on both sets, README)
     seed: int = 0
     hop_fraction: float = 0.5
     levels: int | None = None  # levels to generate, top down; None: every level the run has a model for

@@ -130,7 +130,7 @@ async function generate(event) {
       top_k: parseInt($("top_k").value || "0", 10),
       top_p: parseFloat($("top_p").value || "1"),
       cfg_scale: parseFloat($("cfg_scale").value || "1"),
-      beat_guidance: parseFloat($("beat_guidance").value || "3"),
+      beat_guidance: parseFloat($("beat_guidance").value || "2"),
       prime: await uploadPrime(),
     };
     const job = await api("/api/generate", {
