@@ -26,6 +26,7 @@ from housebox.evaluate.run import (
     cut_pieces,
     data_segments,
     describe_data,
+    distance_advice,
     evaluation_folders,
     format_stage_table,
     key_share,
@@ -172,8 +173,14 @@ def test_where_quality_is_lost_points_at_a_model():
     assert lost["distance"]["stage"] == "upsampled" and lost["train_longer"] == "the upsamplers"
     assert lost["distance"]["added"] == pytest.approx({"vqvae": 0.05, "upsampled": 0.25, "generated": 0.02})
     assert lost["beat"]["stage"] == "upsampled" and lost["beat"]["added"]["upsampled"] == pytest.approx(0.4)
+    assert distance_advice(lost, 2.0).endswith("train the upsamplers longer")  # guidance: not the upsamplers'
     stages["generated"] = _stage(0.9, 0.05)
-    assert where_quality_is_lost(stages)["train_longer"] == "the top prior"
+    lost = where_quality_is_lost(stages)
+    assert lost["train_longer"] == "the top prior"
+    assert "train the top prior longer, or sample with less --beat-guidance than 2" in distance_advice(lost, 2.0)
+    assert distance_advice(lost, 1.0).endswith("train the top prior longer")  # unguided: nothing to lower
+    assert distance_advice(where_quality_is_lost({k: stages["heldout"] for k in stages}), 2.0) == \
+        "no stage adds distance"
     without_upsamplers = {k: v for k, v in stages.items() if k != "upsampled"}  # decoded from the top level
     assert where_quality_is_lost(without_upsamplers)["chain"] == ["heldout", "vqvae_top", "generated"]
     lines = format_stage_table(stages)

@@ -323,6 +323,19 @@ def where_quality_is_lost(stages: dict[str, dict], upsampled: str = "upsampled")
     return out
 
 
+def distance_advice(lost: dict, beat_guidance: float) -> str:
+    """One line from `where_quality_is_lost`: where most distance appears and what to do about it. When it is
+    the top prior's draws and they were guided by the beat clock, less guidance is the other lever (measured:
+    README, "Where the generated tracks' darkness comes from")."""
+    d = lost["distance"]
+    if not d["stage"]:
+        return "no stage adds distance"
+    hint = (f", or sample with less --beat-guidance than {beat_guidance:g} (the more guidance, the more kick and the "
+            f"less of the rest)" if d["stage"] == "generated" and beat_guidance > 1.0 else "")
+    return (f"most distance appears at the {d['stage']} stage ({d['measure']} +{d['added'][d['stage']]:g}): "
+            f"train {d['model']} longer{hint}")
+
+
 # ---- the evaluation ------------------------------------------------------------------------------
 
 
@@ -689,11 +702,7 @@ def print_summary(report: dict) -> None:
         for line in format_stage_table(stages):
             print(line)
         lost = report["where_quality_is_lost"]
-        d, b = lost["distance"], lost["beat"]
-        if d["stage"]:
-            print(f"most distance appears at the {d['stage']} stage ({d['measure']} +{d['added'][d['stage']]:g}): "
-                  f"train {d['model']} longer")
-        else:
-            print("no stage adds distance")
+        b = lost["beat"]
+        print(distance_advice(lost, report["settings"].get("beat_guidance", 1.0)))
         if b["stage"]:
             print(f"the beat weakens most at the {b['stage']} stage (-{b['added'][b['stage']]:.2f}): {b['model']}")
