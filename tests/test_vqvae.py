@@ -18,9 +18,12 @@ from housebox.models.codebook import CodebookError, EMACodebook
 from housebox.models.losses import (
     AudioShapeError,
     default_fft_sizes,
+    estimate_magnitudes,
+    mel_loss,
     mel_filterbank,
     mel_l1,
     multi_resolution_stft_loss,
+    reference_spectra,
     si_sdr,
     spectral_convergence_db,
 )
@@ -78,6 +81,30 @@ def test_shapes_and_code_range(config: VQVAEConfig) -> None:
         assert config.tokens_per_second(level) == config.sample_rate / hop
     assert float(out.spectral_loss) > 0.0  # spectral_weight defaults to > 0, so the STFT term runs
     assert set(out.scalars()) >= {"loss", "l0/usage", f"l{config.levels - 1}/perplexity"}
+
+
+@pytest.mark.parametrize("spectral_weight", [0.1, 0.0])
+def test_mel_weight_adds_the_weighted_log_mel_distance_of_every_level(spectral_weight: float) -> None:
+    """`mel_weight` adds mel_weight x the multi-scale log-mel L1 of each level's reconstruction to the loss (also
+    with the spectral term off), reports it as mel_loss, and leaves everything else as it was."""
+    from dataclasses import replace
+
+    x = tone_and_noise(batch=2, length=4 * VQVAE(TINY).multiple())
+    trained = trained_once(TINY, x)
+    plain, with_mel = (VQVAE(replace(TINY, spectral_weight=spectral_weight, mel_weight=weight)) for weight in (0.0, 2.5))
+    for model in (plain, with_mel):
+        model.load_state_dict(trained.state_dict())
+        model.eval()
+    out_plain, out_mel = plain(x), with_mel(x)
+    reference = reference_spectra(x, fft_sizes=with_mel.fft_sizes)
+    expected = sum(mel_loss(reference, estimate_magnitudes(reference, recon), TINY.sample_rate) for recon in out_mel.recons)
+    assert float(out_plain.mel_loss) == 0.0 and float(expected) > 0.0
+    torch.testing.assert_close(out_mel.mel_loss, expected)
+    torch.testing.assert_close(out_mel.loss - out_plain.loss, 2.5 * expected)
+    torch.testing.assert_close(out_mel.spectral_loss, out_plain.spectral_loss)
+    assert out_mel.scalars()["l0/mel_loss"] == pytest.approx(float(out_mel.levels[0].mel_loss))
+    with pytest.raises(VQVAEInputError, match="loss weights"):
+        VQVAEConfig(mel_weight=-1.0)
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

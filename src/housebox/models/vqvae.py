@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from housebox.models.codebook import EMACodebook, QuantizedResult
-from housebox.models.losses import ReferenceSpectra, default_fft_sizes, l2_loss, reference_spectra, spectral_loss
+from housebox.models.losses import (
+    ReferenceSpectra,
+    default_fft_sizes,
+    estimate_magnitudes,
+    l2_loss,
+    mel_loss,
+    reference_spectra,
+    spectral_loss,
+)
 
 
 class VQVAEInputError(ValueError):
@@ -296,6 +304,7 @@ class VQVAEConfig:
     commitment_weight: float = 0.02
     spectral_weight: float = 0.1  # multi-resolution STFT loss; Jukebox added a spectral term too
     l2_weight: float = 1.0
+    mel_weight: float = 0.0  # multi-scale log-mel L1 (losses.mel_loss): weighs the quiet highs the L2 neglects
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "downs", tuple(int(d) for d in self.downs))  # YAML gives lists
@@ -306,7 +315,7 @@ class VQVAEConfig:
                 raise VQVAEInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dilation_cycle is not None and self.dilation_cycle < 1:
             raise VQVAEInputError(f"dilation_cycle must be None or >= 1, got {self.dilation_cycle}")
-        if min(self.commitment_weight, self.spectral_weight, self.l2_weight) < 0:
+        if min(self.commitment_weight, self.spectral_weight, self.l2_weight, self.mel_weight) < 0:
             raise VQVAEInputError("loss weights must be >= 0")
 
     @property
@@ -328,6 +337,7 @@ class LevelMetrics:
 
     recon_loss: Tensor
     spectral_loss: Tensor
+    mel_loss: Tensor
     commit_loss: Tensor
     usage: Tensor
     perplexity: Tensor
@@ -339,9 +349,9 @@ class VQVAEOutput:
     """What `VQVAE.forward` returns.
 
     loss: scalar Tensor to backpropagate, sum over levels of
-        l2_weight * recon + spectral_weight * spectral + commitment_weight * commit.
+        l2_weight * recon + spectral_weight * spectral + mel_weight * mel + commitment_weight * commit.
     recons: per level, Tensor[B x 1 x T]. codes: per level, LongTensor[B x T / hop].
-    recon_loss, spectral_loss, commit_loss: unweighted sums over levels (detached scalar Tensors).
+    recon_loss, spectral_loss, mel_loss, commit_loss: unweighted sums over levels (detached scalar Tensors).
     levels: per-level detached metrics.
     """
 
@@ -350,15 +360,16 @@ class VQVAEOutput:
     codes: list[Tensor]
     recon_loss: Tensor
     spectral_loss: Tensor
+    mel_loss: Tensor
     commit_loss: Tensor
     levels: list[LevelMetrics]
 
     def scalars(self) -> dict[str, float]:
         """Flat name -> float view for logging (one device sync)."""
-        names = ["loss", "recon_loss", "spectral_loss", "commit_loss"]
-        values = [self.loss, self.recon_loss, self.spectral_loss, self.commit_loss]
+        names = ["loss", "recon_loss", "spectral_loss", "mel_loss", "commit_loss"]
+        values = [self.loss, self.recon_loss, self.spectral_loss, self.mel_loss, self.commit_loss]
         for level, metrics in enumerate(self.levels):
-            for field in ("recon_loss", "spectral_loss", "commit_loss", "usage", "perplexity", "restarts"):
+            for field in ("recon_loss", "spectral_loss", "mel_loss", "commit_loss", "usage", "perplexity", "restarts"):
                 names.append(f"l{level}/{field}")
                 values.append(getattr(metrics, field))
         numbers = torch.stack([v.detach().float() for v in values]).tolist()
@@ -420,22 +431,27 @@ class VQVAE(nn.Module):
         self, x: Tensor, level: int, spectra: ReferenceSpectra | None
     ) -> tuple[Tensor, QuantizedResult, LevelMetrics, Tensor]:
         """Encode, quantise and decode x Tensor[B x 1 x T] at one level; the last item is its loss.
-        spectra: the STFT side of x, shared by all levels (None when spectral_weight is 0)."""
+        spectra: the STFT side of x, shared by all levels (None when the spectral and mel weights are 0)."""
         quantized = self.codebooks[level](self.encoders[level](x))
         recon = self.decoders[level](quantized.z_q)  # (B, 1, T)
         recon_loss = l2_loss(x, recon)
+        spectral = mel = recon_loss.new_zeros(())
         if spectra is not None:
-            spectral = spectral_loss(spectra, recon)
-        else:
-            spectral = recon_loss.new_zeros(())
+            magnitudes = estimate_magnitudes(spectra, recon)  # one set of STFTs for both terms
+            if self.config.spectral_weight > 0:
+                spectral = spectral_loss(spectra, recon, magnitudes)
+            if self.config.mel_weight > 0:
+                mel = mel_loss(spectra, magnitudes, self.config.sample_rate)
         loss = (
             self.config.l2_weight * recon_loss
             + self.config.spectral_weight * spectral
+            + self.config.mel_weight * mel
             + self.config.commitment_weight * quantized.commit_loss
         )
         metrics = LevelMetrics(
             recon_loss=recon_loss.detach(),
             spectral_loss=spectral.detach(),
+            mel_loss=mel.detach(),
             commit_loss=quantized.commit_loss.detach(),
             usage=quantized.usage.detach(),
             perplexity=quantized.perplexity.detach(),
@@ -447,7 +463,8 @@ class VQVAE(nn.Module):
         """Reconstruct x Tensor[B x 1 x T] at every level (T a multiple of `multiple()`).
         In training mode the codebooks update themselves (EMA, restarts)."""
         self._check_audio(x, self.multiple())
-        spectra = reference_spectra(x, fft_sizes=self.fft_sizes) if self.config.spectral_weight > 0 else None
+        spectral_terms = self.config.spectral_weight > 0 or self.config.mel_weight > 0
+        spectra = reference_spectra(x, fft_sizes=self.fft_sizes) if spectral_terms else None
         recons, codes, metrics, losses = [], [], [], []
         for level in range(self.config.levels):
             recon, quantized, level_metrics, loss = self._level_forward(x, level, spectra)
@@ -461,6 +478,7 @@ class VQVAE(nn.Module):
             codes=codes,
             recon_loss=torch.stack([m.recon_loss for m in metrics]).sum(),
             spectral_loss=torch.stack([m.spectral_loss for m in metrics]).sum(),
+            mel_loss=torch.stack([m.mel_loss for m in metrics]).sum(),
             commit_loss=torch.stack([m.commit_loss for m in metrics]).sum(),
             levels=metrics,
         )

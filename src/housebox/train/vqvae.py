@@ -18,6 +18,8 @@ SELECT = "mean_spectral_convergence_db"  # the validation value that picks the k
 def vqvae_step(model: torch.nn.Module, batch: torch.Tensor) -> StepOutput:
     out = model(batch)
     metrics = {"recon_loss": out.recon_loss, "spectral_loss": out.spectral_loss, "commit_loss": out.commit_loss}
+    if getattr(model, "module", model).config.mel_weight > 0:  # DDP wraps the model
+        metrics["mel_loss"] = out.mel_loss
     for level, m in enumerate(out.levels):
         metrics[f"l{level}/usage"] = m.usage
         metrics[f"l{level}/recon_loss"] = m.recon_loss
