@@ -152,6 +152,20 @@ def mel_loss(reference: ReferenceSpectra, magnitudes: tuple[Tensor, ...], sample
     return torch.stack(terms).mean()
 
 
+def spectral_and_mel_loss(reference: ReferenceSpectra | None, x_hat: Tensor, sample_rate: int, *, spectral: bool,
+                          mel: bool) -> tuple[Tensor, Tensor]:
+    """(`spectral_loss`, `mel_loss`) of the estimate x_hat against the reference, both from one set of its STFTs;
+    a term not asked for is a 0-dim zero. `reference` may be None only when neither term is asked for."""
+    zero = x_hat.new_zeros((), dtype=torch.float32)
+    if not (spectral or mel):
+        return zero, zero
+    if reference is None:
+        raise ValueError("spectral_and_mel_loss needs the reference spectra for the terms it is asked for")
+    magnitudes = estimate_magnitudes(reference, x_hat)
+    return (spectral_loss(reference, x_hat, magnitudes) if spectral else zero,
+            mel_loss(reference, magnitudes, sample_rate) if mel else zero)
+
+
 def multi_resolution_stft_loss(
     x: Tensor,
     x_hat: Tensor,

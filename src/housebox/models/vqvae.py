@@ -37,11 +37,9 @@ from housebox.models.codebook import EMACodebook, QuantizedResult
 from housebox.models.losses import (
     ReferenceSpectra,
     default_fft_sizes,
-    estimate_magnitudes,
     l2_loss,
-    mel_loss,
     reference_spectra,
-    spectral_loss,
+    spectral_and_mel_loss,
 )
 
 
@@ -435,13 +433,8 @@ class VQVAE(nn.Module):
         quantized = self.codebooks[level](self.encoders[level](x))
         recon = self.decoders[level](quantized.z_q)  # (B, 1, T)
         recon_loss = l2_loss(x, recon)
-        spectral = mel = recon_loss.new_zeros(())
-        if spectra is not None:
-            magnitudes = estimate_magnitudes(spectra, recon)  # one set of STFTs for both terms
-            if self.config.spectral_weight > 0:
-                spectral = spectral_loss(spectra, recon, magnitudes)
-            if self.config.mel_weight > 0:
-                mel = mel_loss(spectra, magnitudes, self.config.sample_rate)
+        spectral, mel = spectral_and_mel_loss(spectra, recon, self.config.sample_rate,
+                                              spectral=self.config.spectral_weight > 0, mel=self.config.mel_weight > 0)
         loss = (
             self.config.l2_weight * recon_loss
             + self.config.spectral_weight * spectral

@@ -31,7 +31,7 @@ from housebox.models.discriminator import (
     generator_hinge_loss,
 )
 from housebox.models.load import ADVERSARIAL_DECODERS, load_vqvae
-from housebox.models.losses import estimate_magnitudes, l2_loss, mel_loss, reference_spectra, spectral_loss
+from housebox.models.losses import l2_loss, reference_spectra, spectral_and_mel_loss
 from housebox.models.vqvae import VQVAE
 from housebox.store import WEIGHTS, load_weights, read_config, save_weights, write_json
 from housebox.train.loop import StepOutput, TrainConfig, TrainResult, train
@@ -110,11 +110,8 @@ class DecoderGAN(nn.Module):
             for level, decoded in zip(self.levels, fakes):
                 judged = self.discriminator(decoded)
                 recon = l2_loss(audio, decoded)
-                magnitudes = estimate_magnitudes(spectra, decoded) if spectra is not None else None
-                spectral = (spectral_loss(spectra, decoded, magnitudes) if self.spectral_weight > 0
-                            else recon.new_zeros(()))
-                mel = (mel_loss(spectra, magnitudes, self.vqvae.config.sample_rate) if self.mel_weight > 0
-                       else recon.new_zeros(()))
+                spectral, mel = spectral_and_mel_loss(spectra, decoded, self.vqvae.config.sample_rate,
+                                                      spectral=self.spectral_weight > 0, mel=self.mel_weight > 0)
                 adversarial = generator_hinge_loss(judged)
                 features = feature_matching_loss(real, judged)
                 g_loss = g_loss + (self.l2_weight * recon + self.spectral_weight * spectral + self.mel_weight * mel

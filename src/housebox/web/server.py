@@ -305,8 +305,8 @@ class App:
         if not 0 < top_p <= 1:
             raise RequestError(f"top_p must be above 0 and at most 1 (1: off), got {top_p:g}")
         guidance = {}
-        for key, default in (("cfg_scale", 1.0), ("beat_guidance", 2.0)):
-            guidance[key] = _number(body, key, default)
+        for key in ("cfg_scale", "beat_guidance"):
+            guidance[key] = _number(body, key, getattr(SampleSettings, key))
             if not 0 <= guidance[key] <= 10:
                 raise RequestError(f"{key} must be between 0 and 10 (1: off), got {guidance[key]:g}")
         prime = body.get("prime") or None
