@@ -19,11 +19,14 @@ Jukebox's side is not in the project: `../shared/jukebox-bench/` times its code 
 same shape, and the README gives those figures with how they were measured.
 
     PYTHONPATH=src .venv/bin/python bench/bench_sampling.py [--rounds 5] [--threads 1 2] [--batches 1 8]
+    PYTHONPATH=src taskset -c 1 .venv/bin/python bench/bench_sampling.py --compiled [--shape jukebox]
 
-torch.compile was tried on this step (default; cpp_wrapper; cpp_wrapper + freezing with guard
-evaluation skipped; a static-shape step with a 0-dim position; hand-written attention for inductor
-to fuse) and was never faster than this eager path here, so there is no compiled variant. `housebox sample
---compile` (Prior.graph_step, for CUDA graphs on a GPU) measured 0.70-0.82x eager on this CPU (README).
+`--compiled` times the real path instead, `housebox.generate.sampling.sample_codes` on a `Prior` of the
+shape (labels, timing, the progress bar), eager against `compiled=True` (`housebox sample --compile`: one
+torch.compile graph a token with inductor's C++ wrapper, the attention over a fixed window of the cache as
+plain products that inductor fuses, the draw inside the graph, guards checked on the first two steps only),
+interleaved, with the time the first call takes to compile. The toy loop above has no compiled variant: its
+lessons went into the real step.
 """
 
 from __future__ import annotations
@@ -154,6 +157,59 @@ def usable_threads(requested: list[int], *, busy_ok: bool) -> list[int]:
     return kept or [1]
 
 
+def real_prior(attention: tuple[str, ...], shape: str, seed: int = 0):
+    """A `Prior` of the shape (2048 codes, n_ctx 1024, rows of 64 as Jukebox's blocks of 16), eval mode."""
+    from housebox.models.prior import Prior, PriorConfig
+
+    torch.manual_seed(seed)
+    config = PriorConfig(level=2, codebook_size=2048, n_artists=1, n_genres=1, sample_rate=22050, hop=128, n_ctx=1024,
+                         attention=attention, block_size=64, timing=True, **SHAPES[shape])
+    return Prior(config).eval()
+
+
+def compiled_section(args: argparse.Namespace) -> None:
+    """`sample_codes` eager against compiled, one thread, interleaved rounds: tokens/s and compiled / eager."""
+    from housebox.generate.sampling import sample_codes
+    from housebox.models.conditioning import Labels
+
+    torch.set_num_threads(1)
+
+    def run(prior, batch: int, compiled: bool) -> Tensor:
+        genres = torch.full((batch, 4), -1, dtype=torch.long)
+        genres[:, 0] = 0
+        labels = Labels(artist=torch.zeros(batch, dtype=torch.long), genres=genres)
+        return sample_codes(prior, n_tokens=args.tokens, labels=labels, generator=torch.Generator().manual_seed(0),
+                            progress=False, compiled=compiled)
+
+    priors = {"dense": real_prior(("dense",), args.shape),
+              "row/column/prev_block": real_prior(("row", "column", "prev_block"), args.shape)}
+    print(f"shape {args.shape}, the real sampling path (sample_codes), 1 thread, torch {torch.__version__}")
+    for name, prior in priors.items():
+        for batch in args.batches:
+            start = time.perf_counter()
+            differ = run(prior, batch, True) != run(prior, batch, False)  # (B, tokens)
+            # the fused attention rounds differently (~1e-7), so a draw on a boundary can differ, and the rest
+            # of that row with it: where the first difference falls
+            first = [int(row.nonzero()[0]) if row.any() else args.tokens for row in differ]
+            print(f"{name}, batch {batch}: first compiled call (compiling) and an eager one"
+                  f" {time.perf_counter() - start:.1f} s; rows equal to the eager codes: {first.count(args.tokens)} of"
+                  f" {batch}, first difference at {min(first)}")
+    results: dict[tuple[str, int, bool], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, prior in priors.items():
+            for batch in args.batches:
+                for compiled in (False, True):
+                    rate = measure(lambda: run(prior, batch, compiled), batch=batch, tokens=args.tokens)
+                    results.setdefault((name, batch, compiled), []).append(rate.wall)
+    print(f"{'attention':22s} {'batch':>5s} {'eager tok/s':>11s} {'compiled tok/s':>14s} {'compiled / eager':>16s}")
+    for name in priors:
+        for batch in args.batches:
+            eager, compiled = (results[(name, batch, c)] for c in (False, True))
+            ratio = statistics.median(c / e for c, e in zip(compiled, eager))  # per round
+            print(f"{name:22s} {batch:5d} {statistics.median(eager):11.0f} {statistics.median(compiled):14.0f}"
+                  f" {ratio:15.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
@@ -164,7 +220,12 @@ def main() -> None:
     parser.add_argument("--busy-ok", action="store_true", help="time thread counts above the idle cores too")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="jukebox",
                         help="Jukebox's test prior (default) or housebox's reference prior")
+    parser.add_argument("--compiled", action="store_true",
+                        help="time the real path, sample_codes, eager against compiled (sample --compile)")
     args = parser.parse_args()
+    if args.compiled:
+        compiled_section(args)
+        return
     threads = usable_threads(args.threads, busy_ok=args.busy_ok)
 
     priors = {

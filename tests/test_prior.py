@@ -76,16 +76,22 @@ def test_fixed_shape_graph_steps_equal_full_forward(upsampler, attention, rotary
 
 @pytest.mark.slow
 def test_compiled_sampling_gives_the_eager_codes():
-    """`compiled=True` (torch.compile of the fixed-shape step; CUDA graphs on a GPU) samples the same codes
-    as the eager step from the same seed, across windows and with guidance."""
+    """`compiled=True` (torch.compile of the fixed-shape token step, the draw inside; CUDA graphs on a GPU)
+    samples the same codes as the eager step from the same seed: across windows, with guidance, a prime and
+    filtered draws, and when one prior is sampled at another batch size and back (the compiled step checks
+    its guards on its first calls of a run only, so a run must not reuse another batch's graph)."""
     prior = tiny_prior(True, ("row", "column", "prev_block"), rotary=True)
-    upper = torch.randint(0, V, (2, 80 // 4))
+    upper = torch.randint(0, V, (2, 80 // 4), generator=torch.Generator().manual_seed(1))
+    prime = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(2))
 
-    def run(compiled):
-        return sample_codes(prior, n_tokens=80, labels=labels(2), upper=upper, cfg_scale=2.0, compiled=compiled,
-                            generator=torch.Generator().manual_seed(5), progress=False)
+    def run(compiled, batch, **options):
+        return sample_codes(prior, n_tokens=80, labels=labels(batch), upper=upper[:batch], compiled=compiled,
+                            generator=torch.Generator().manual_seed(5), progress=False, **options)
 
-    assert torch.equal(run(True), run(False))
+    runs = [(2, dict(cfg_scale=2.0)), (1, dict(cfg_scale=2.0)), (2, dict(cfg_scale=2.0)),
+            (2, dict(prime=prime, temperature=0.9, top_k=20))]
+    for batch, options in runs:
+        assert torch.equal(run(True, batch, **options), run(False, batch, **options)), (batch, options)
 
 
 def test_logits_are_causal_in_the_codes():

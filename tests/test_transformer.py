@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from housebox.models.transformer import (
     ATTENTION_KINDS,
@@ -17,6 +19,8 @@ from housebox.models.transformer import (
     pack_linear,
     rotary_tables,
     rotate,
+    window_attention,
+    window_positions,
 )
 
 PATTERNS = [(kind,) for kind in ATTENTION_KINDS] + [("row", "column", "prev_block", "dense")]
@@ -412,3 +416,31 @@ def test_attention_trains_in_fp32_under_cpu_bf16_autocast(kind: str, monkeypatch
     assert trained.dtype == torch.bfloat16 and torch.equal(trained.detach(), exact)
     trained.float().square().sum().backward()
     assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0 for x in (q, k, v))
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(ATTENTION_KINDS), rows=st.integers(1, 6), block=st.integers(1, 8), data=st.data())
+def test_window_positions_are_exactly_what_a_query_sees(kind: str, rows: int, block: int, data) -> None:
+    """The compiled step's fixed-size window (`window_positions`): for any position, the cache positions it marks
+    seen are exactly those the definition lets the query see, each once, and every index lies in the cache."""
+    n_ctx = rows * block
+    pos = data.draw(st.integers(0, n_ctx - 1))
+    index, seen = window_positions(kind, torch.tensor(pos), n_ctx=n_ctx, block_size=block)
+    index = torch.arange(n_ctx) if index is None else index
+    assert index.shape == seen.shape and index.min() >= 0 and index.max() < n_ctx
+    marked = sorted(index[seen].tolist())
+    assert marked == [j for j in range(n_ctx) if visible(kind, pos, j, block)]
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_window_attention_equals_attention_over_the_visible_keys(kind: str) -> None:
+    """`window_attention` on the window of `window_positions` gives torch's attention over the visible keys only."""
+    g = torch.Generator().manual_seed(4)
+    keys, values = torch.randn(2, 3, N_CTX, 8, generator=g), torch.randn(2, 3, N_CTX, 8, generator=g)
+    for pos in (0, 3, 5, 13, N_CTX - 1):
+        q = torch.randn(2, 3, 1, 8, generator=g)
+        index, seen = window_positions(kind, torch.tensor(pos), n_ctx=N_CTX, block_size=BLOCK)
+        got = window_attention(q, keys, values, index, seen)
+        keep = [j for j in range(N_CTX) if visible(kind, pos, j)]
+        expected = F.scaled_dot_product_attention(q, keys[:, :, keep], values[:, :, keep])
+        assert torch.allclose(got, expected, atol=1e-6), f"{kind} at {pos}"

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from housebox.models.conditioning import Labels
 from housebox.models.prior import Conditioning, Prior
+from housebox.models.transformer import KVCache
 
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -192,16 +193,49 @@ def sampling_threads(device: torch.device, threads: int | None):
         torch.set_num_threads(before)
 
 
-def compiled_step(prior: Prior):
-    """`prior.graph_step` through torch.compile, made once per prior and kept on it: on CUDA in
-    "reduce-overhead" mode (CUDA graphs: one launch a token), elsewhere the default mode. The first steps
-    compile (seconds to tens of seconds), so it pays on long jobs; the eager path stays the default."""
+def token_step(prior: Prior, ids: Tensor, context: Tensor, cache: KVCache, pos: Tensor, uniform: Tensor, *,
+               scales: tuple[float, ...], temperature: float, top_k: int, top_p: float) -> Tensor:
+    """One whole autoregressive step with shapes fixed whatever the position: the logits of `prior.graph_step`,
+    guided, filtered and drawn (`draw`). ids LongTensor[B' x 1] (B' = B * (1 + len(scales))), `pos` a 0-dim
+    LongTensor, uniform Tensor[B] -> the new codes LongTensor[B]. What `compiled_step` compiles: the draw
+    inside the graph is a few kernels fewer per token than around it."""
+    logits = prior.graph_step(ids, context, cache, pos).float()
+    if scales:
+        logits = guided_logits(logits, list(scales))
+    return draw(filter_logits(logits, temperature, top_k, top_p), uniform)
+
+
+def compiled_step(prior: Prior) -> Callable[..., Tensor]:
+    """`token_step` through torch.compile, made once per prior and kept on it (one graph per batch size and
+    sampling setting): on CUDA in "reduce-overhead" mode (CUDA graphs: one launch a token); on a CPU with
+    inductor's C++ wrapper, which calls the graph's kernels from C++ instead of Python (a Python wrapper
+    allocating and checking ~100 buffers a token measured 1.15-1.4x slower at Jukebox's test-prior shape). The
+    first steps compile (10-40 s on a CPU), so it pays on long jobs; the eager path stays the default."""
     step = prior.__dict__.get("_compiled_step")
     if step is None:
-        cuda = prior.head.weight.device.type == "cuda"
-        step = torch.compile(prior.graph_step, mode="reduce-overhead" if cuda else None, dynamic=False)
+        if prior.head.weight.device.type == "cuda":
+            step = torch.compile(token_step, mode="reduce-overhead", dynamic=False)
+        else:
+            step = torch.compile(token_step, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
         prior.__dict__["_compiled_step"] = step
     return step
+
+
+@contextmanager
+def _guards_skipped(skip: bool):
+    """Within the block, torch.compile runs a compiled function's graph without checking its inputs against the
+    guards it was compiled under (`set_stance(skip_guard_eval_unsafe=True)`; ~70 tensors a token at Jukebox's
+    test-prior shape: 5-10% of a step). Meant for calls whose inputs match a call already made: inside one
+    `_sample_codes` run after its first two compiled steps (same cache, shapes and settings). Where a call
+    would need another graph torch raises instead, and the run repeats that call with the guards checked."""
+    if not skip:
+        yield
+        return
+    torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    try:
+        yield
+    finally:
+        torch.compiler.set_stance("default", skip_guard_eval_unsafe=False)
 
 
 def sample_codes(prior: Prior, *, threads: int | None = None, **kwargs) -> Tensor:
@@ -265,6 +299,9 @@ def _sample_codes(
     # position this window has not written, so what an earlier window left behind is never seen
     cache = prior.new_cache(b * copies)
     one_step = compiled_step(prior) if compiled else None
+    settings = dict(scales=tuple(scales), temperature=temperature, top_k=top_k, top_p=top_p)
+    positions = torch.arange(config.n_ctx, device=device)
+    compiled_calls = 0
     start = 0
     while known < n_tokens:
         while known - start >= config.n_ctx:  # a long prime: slide until the frontier is inside the window
@@ -278,21 +315,32 @@ def _sample_codes(
         position = max(given, 1)
         logits = prior.step(ids[:, :position], context, cache, 0)[:, -1].float()  # prefill (at least the start token)
         uniforms = torch.rand(length, b, generator=generator).to(device)
-        for pos in range(position - 1, length):
+        new = None  # the codes of `pos` when the compiled step drew them
+        for pos in range(position - 1, length):  # position - 1 >= given - 1: every later position is drawn
             if pos >= given:
-                if scales:
-                    logits = guided_logits(logits, scales)
-                new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
+                if new is None:
+                    if scales:
+                        logits = guided_logits(logits, scales)
+                    new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
                 codes.select(1, start + pos).copy_(new)
                 bar.update(b)
+            new = None
             if pos + 1 < length:
                 next_ids = codes.narrow(1, start + pos, 1)
                 if copies > 1:
                     next_ids = torch.cat([next_ids] * copies)
                 if one_step is None:
                     logits = prior.step(next_ids, context, cache, pos + 1)[:, -1].float()
-                else:
-                    logits = one_step(next_ids, context, cache, torch.tensor(pos + 1, device=device)).float()
+                else:  # the first two calls check the guards (and compile); the rest have the same inputs
+                    args = (prior, next_ids, context, cache, positions[pos + 1], uniforms[pos + 1])
+                    try:
+                        with _guards_skipped(compiled_calls >= 2):
+                            new = one_step(*args, **settings)
+                    except RuntimeError as error:  # torch asked for a graph unseen in this run: check the guards
+                        if "skip_guard_eval_unsafe" not in str(error):
+                            raise
+                        new = one_step(*args, **settings)  # the step writes the same keys and values again
+                    compiled_calls += 1
         known = start + length
         start += step
     bar.close()

@@ -440,17 +440,53 @@ def block_step(
     return block_apply(x, w, attend)
 
 
+def window_positions(kind: str, pos: Tensor, *, n_ctx: int, block_size: int) -> tuple[Tensor | None, Tensor]:
+    """The cache positions a query at `pos` (a 0-dim LongTensor) may read, as many whatever the position:
+    LongTensor[W] positions inside the cache (None: all of them, in order) and BoolTensor[W] which of them it
+    sees (`attention_mask`'s rule). W is n_ctx for dense, block_size for row, n_ctx / block_size for column,
+    2 * block_size for prev_block (the previous row, then the own row); positions before 0 read position 0 unseen."""
+    b = block_size
+    row_start = pos - pos % b
+    if kind == "dense":
+        return None, torch.arange(n_ctx, device=pos.device) <= pos
+    if kind == "row":
+        index = row_start + torch.arange(b, device=pos.device)
+    elif kind == "column":
+        index = pos % b + b * torch.arange(n_ctx // b, device=pos.device)
+    elif kind == "prev_block":
+        index = row_start - b + torch.arange(2 * b, device=pos.device)
+        seen = ((index >= 0) & (index < row_start)) | (index == pos)
+        return index.clamp(min=0), seen
+    else:
+        raise TransformerError(f"unknown attention kind {kind!r}; expected one of {ATTENTION_KINDS}")
+    return index, index <= pos
+
+
+def window_attention(q: Tensor, keys: Tensor, values: Tensor, index: Tensor | None, seen: Tensor) -> Tensor:
+    """One query per sequence against the cache positions `index` (those `seen` only), written as plain
+    products and a softmax so that a compiler fuses them into one loop: on a CPU, torch's attention kernel
+    called on the whole cache under a mask took ~60 us a layer at n_ctx 1024 (profiled), and a compiled token
+    step of Jukebox's test-prior shape ran 1.35x faster written this way.
+
+    q: Tensor[B x H x 1 x hd]; keys, values: Tensor[B x H x n_ctx x hd]; index: LongTensor[W] or None (the
+    whole cache: no gathered copy); seen: BoolTensor[W] -> Tensor[B x H x 1 x hd]."""
+    k, v = (keys, values) if index is None else (keys.index_select(2, index), values.index_select(2, index))
+    scores = (q * k).sum(-1, dtype=torch.float32) * q.shape[-1] ** -0.5  # (B, H, W)
+    weights = torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1).to(v.dtype)
+    return (weights.unsqueeze(-1) * v).sum(2, keepdim=True)  # (B, H, 1, hd)
+
+
 def block_graph_step(
     x: Tensor, w: BlockWeights, keys: Tensor, values: Tensor, *, kind: str, pos: Tensor, block_size: int,
-    positions: Tensor, rotary: tuple[Tensor, Tensor] | None = None,
+    rotary: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """`block_step` for one new position of B sequences, with `pos` a 0-dim LongTensor: every shape fixed
-    whatever the position (the new key and value go in by index, the whole cache is read under the mask of
-    `attention_mask`), so that one compiled graph, or one CUDA graph, serves every step.
+    whatever the position (the new key and value go in by index, attention reads the fixed-size window of
+    `window_positions`), so that one compiled graph, or one CUDA graph, serves every step.
 
-    x: Tensor[B x D]; keys, values: Tensor[B x H x n_ctx x hd]; positions: LongTensor[n_ctx], 0..n_ctx-1.
+    x: Tensor[B x D]; keys, values: Tensor[B x H x n_ctx x hd].
     """
-    B, H, hd = keys.shape[0], keys.shape[1], keys.shape[3]
+    B, H, n_ctx, hd = keys.shape
     at = pos.view(1)
 
     def attend(qkv: Tensor) -> Tensor:  # (B, 3A) -> (B, A)
@@ -460,9 +496,8 @@ def block_graph_step(
             q, k = rotate(heads[:, :2], *rotary).unbind(1)
         keys.index_copy_(2, at, k)
         values.index_copy_(2, at, v)
-        mask = attention_mask(kind, at, positions, block_size=block_size)  # (1, n_ctx)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, hd)
-        return y.transpose(1, 2).reshape(B, H * hd)
+        index, seen = window_positions(kind, pos, n_ctx=n_ctx, block_size=block_size)
+        return window_attention(q, keys, values, index, seen).transpose(1, 2).reshape(B, H * hd)
 
     return block_apply(x, w, attend)
 
@@ -555,7 +590,6 @@ class KVCache:
         CPU (`BlockWeights.packed`); make a new cache after changing parameters.
     final_weight, final_bias: the final LayerNorm's parameters, fetched likewise.
     prev_mask: BoolTensor[b x 2b] from `prev_block_mask`.
-    positions: LongTensor[n_ctx], 0..n_ctx-1 (the keys' positions, for `graph_step`'s masks).
     """
 
     keys: tuple[Tensor, ...]
@@ -564,7 +598,6 @@ class KVCache:
     final_weight: Tensor
     final_bias: Tensor | None
     prev_mask: Tensor
-    positions: Tensor
     head_t: Tensor | None = None  # a prior's output projection, packed likewise (`Prior.new_cache`), or None
 
     @property
@@ -660,7 +693,6 @@ class Transformer(nn.Module):
             final_weight=self.ln_f.weight,
             final_bias=self.ln_f.bias,
             prev_mask=prev_block_mask(c.block_size, device=device),
-            positions=torch.arange(c.n_ctx, device=device),
         )
 
     def graph_step(self, x: Tensor, cache: KVCache, pos: Tensor) -> Tensor:
@@ -674,7 +706,7 @@ class Transformer(nn.Module):
         x = x.reshape(B, D)
         for kind, weights, keys, values in zip(self.kinds, cache.weights, cache.keys, cache.values):
             x = block_graph_step(x, weights, keys, values, kind=kind, pos=pos, block_size=self.config.block_size,
-                                 positions=cache.positions, rotary=rotary)
+                                 rotary=rotary)
         return F.layer_norm(x, (D,), cache.final_weight, cache.final_bias).view(B, 1, D)
 
     def step(self, x: Tensor, cache: KVCache, pos: int) -> Tensor:
