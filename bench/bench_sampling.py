@@ -201,13 +201,18 @@ def compiled_section(args: argparse.Namespace) -> None:
                 for compiled in (False, True):
                     rate = measure(lambda: run(prior, batch, compiled), batch=batch, tokens=args.tokens)
                     results.setdefault((name, batch, compiled), []).append(rate.wall)
-    print(f"{'attention':22s} {'batch':>5s} {'eager tok/s':>11s} {'compiled tok/s':>14s} {'compiled / eager':>16s}")
+    floor = weights_floor(make_prior(attention=("dense",), shape=args.shape))  # the same weights a step reads
+    print(f"floor at batch 1: reading the weights once takes {1e6 / floor:.0f} us -> {floor:,.0f} tokens/s")
+    print(f"{'attention':22s} {'batch':>5s} {'eager tok/s':>11s} {'compiled tok/s':>14s} {'compiled / eager':>16s}"
+          f" {'of floor (eager, compiled)':>27s}")
     for name in priors:
         for batch in args.batches:
             eager, compiled = (results[(name, batch, c)] for c in (False, True))
             ratio = statistics.median(c / e for c, e in zip(compiled, eager))  # per round
+            of_floor = "-" if batch > 1 else "%.0f%%, %.0f%%" % tuple(100 * statistics.median(r) / floor
+                                                                     for r in (eager, compiled))
             print(f"{name:22s} {batch:5d} {statistics.median(eager):11.0f} {statistics.median(compiled):14.0f}"
-                  f" {ratio:15.2f}x")
+                  f" {ratio:15.2f}x {of_floor:>27s}")
 
 
 def main() -> None:
