@@ -62,7 +62,7 @@ def test_cached_steps_equal_full_forward(upsampler, attention, rotary, slices):
 @pytest.mark.parametrize("upsampler", [False, True])
 @pytest.mark.parametrize("attention", [("dense",), ("row", "column", "prev_block")])
 def test_fixed_shape_graph_steps_equal_full_forward(upsampler, attention, rotary):
-    """`graph_step` (position as a tensor, the whole cache read under a mask: what torch.compile and CUDA
+    """`graph_step` (position as a tensor, a fixed window of the cache: what torch.compile and CUDA
     graphs need) gives the full forward's logits at every position, for every attention kind."""
     prior = tiny_prior(upsampler, attention, rotary=rotary)
     c = cond(prior, 2, start=40)
