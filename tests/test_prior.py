@@ -397,3 +397,16 @@ def test_token_cross_entropy_is_torchs_loss_and_gradient(rows, vocab, ignored, s
     tolerance = 1e-2 if bf16 else 1e-6  # bf16: both gradients are rounded to bf16 from float32
     assert torch.allclose(mine_in.grad.float(), torch_in.grad.float(), rtol=tolerance, atol=tolerance)
     assert (mine_in.grad[drop] == 0).all()
+
+
+def test_compiling_on_a_cpu_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    """`--compile` on a CPU builds C++: with no compiler the user gets one line naming what is missing (ValueError,
+    which the CLI prints without a traceback), before any step runs."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("housebox-no-such-compiler",))
+    prior = tiny_prior()
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        sample_codes(prior, n_tokens=8, labels=labels(1), compiled=True, progress=False)
+    assert "_compiled_step" not in prior.__dict__

@@ -205,6 +205,20 @@ def token_step(prior: Prior, ids: Tensor, context: Tensor, cache: KVCache, pos: 
     return draw(filter_logits(logits, temperature, top_k, top_p), uniform)
 
 
+def _check_cpp_compiler() -> None:
+    """One clear line before compiling for a CPU without a C++ compiler (inductor writes C++ and builds it), instead
+    of torch's error from deep inside the first step."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: torch.compile reports it itself
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as error:  # torch raises its own InvalidCxxCompiler
+        raise ValueError(f"--compile on a CPU needs a C++ compiler (install g++ or set CXX), or sample without "
+                         f"--compile: {error}") from None
+
+
 def compiled_step(prior: Prior) -> Callable[..., Tensor]:
     """`token_step` through torch.compile, made once per prior and kept on it (one graph per batch size and
     sampling setting): on CUDA in "reduce-overhead" mode (CUDA graphs: one launch a token); on a CPU with
@@ -216,6 +230,7 @@ def compiled_step(prior: Prior) -> Callable[..., Tensor]:
         if prior.head.weight.device.type == "cuda":
             step = torch.compile(token_step, mode="reduce-overhead", dynamic=False)
         else:
+            _check_cpp_compiler()
             step = torch.compile(token_step, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
         prior.__dict__["_compiled_step"] = step
     return step
