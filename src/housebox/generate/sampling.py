@@ -193,16 +193,24 @@ def sampling_threads(device: torch.device, threads: int | None):
         torch.set_num_threads(before)
 
 
-def token_step(prior: Prior, ids: Tensor, context: Tensor, cache: KVCache, pos: Tensor, uniform: Tensor, *,
-               scales: tuple[float, ...], temperature: float, top_k: int, top_p: float) -> Tensor:
-    """One whole autoregressive step with shapes fixed whatever the position: the logits of `prior.graph_step`,
-    guided, filtered and drawn (`draw`). ids LongTensor[B' x 1] (B' = B * (1 + len(scales))), `pos` a 0-dim
-    LongTensor, uniform Tensor[B] -> the new codes LongTensor[B]. What `compiled_step` compiles: the draw
-    inside the graph is a few kernels fewer per token than around it."""
-    logits = prior.graph_step(ids, context, cache, pos).float()
+def next_codes(logits: Tensor, uniform: Tensor, *, scales: tuple[float, ...], temperature: float, top_k: int,
+               top_p: float) -> Tensor:
+    """The codes one autoregressive step draws from its logits: guided (`guided_logits`, when `scales`), filtered
+    (`filter_logits`) and drawn (`draw`). Tensor[B' x V] (B' = B * (1 + len(scales))), uniform Tensor[B] ->
+    LongTensor[B]. The eager loop and the compiled `token_step` both draw through it."""
     if scales:
         logits = guided_logits(logits, list(scales))
     return draw(filter_logits(logits, temperature, top_k, top_p), uniform)
+
+
+def token_step(prior: Prior, ids: Tensor, context: Tensor, cache: KVCache, pos: Tensor, uniform: Tensor, *,
+               scales: tuple[float, ...], temperature: float, top_k: int, top_p: float) -> Tensor:
+    """One whole autoregressive step with shapes fixed whatever the position: the logits of `prior.graph_step`
+    drawn by `next_codes`. ids LongTensor[B' x 1], `pos` a 0-dim LongTensor, uniform Tensor[B] -> the new codes
+    LongTensor[B]. What `compiled_step` compiles: the draw inside the graph is a few kernels fewer per token
+    than around it."""
+    logits = prior.graph_step(ids, context, cache, pos).float()
+    return next_codes(logits, uniform, scales=scales, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def _check_cpp_compiler() -> None:
@@ -334,9 +342,7 @@ def _sample_codes(
         for pos in range(position - 1, length):  # position - 1 >= given - 1: every later position is drawn
             if pos >= given:
                 if new is None:
-                    if scales:
-                        logits = guided_logits(logits, scales)
-                    new = draw(filter_logits(logits, temperature, top_k, top_p), uniforms[pos])
+                    new = next_codes(logits, uniforms[pos], **settings)
                 codes.select(1, start + pos).copy_(new)
                 bar.update(b)
             new = None
