@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="run the autoregressive one-token steps through torch.compile (CUDA graphs on a GPU, "
                         "inductor's C++ wrapper on a CPU, which needs a C++ compiler); each prior compiles for "
-                        "10-40 s, then its steps ran 1.0-1.9x faster than eager on a CPU (README): for long jobs")
+                        "10-40 s, then its steps ran 0.9-1.9x as fast as eager on a CPU (README: it pays for long jobs of "
+                        "priors that fit in the CPU's cache)")
     p.add_argument("--levels", type=int, help="levels to generate top down (default: all the run has)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same audio (default 0)")
     p.add_argument("--bpm", type=float, help="tempo of the beat clock, for runs trained with one (default: a prime's "
