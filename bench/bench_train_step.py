@@ -13,6 +13,13 @@ elsewhere it is emulated and slow, and the bench says so.
 
 `--torch-loss` adds each model with F.cross_entropy as the loss (what the prior used before
 `token_cross_entropy`).
+
+`--products` also prints, per model and mode, the floor a step cannot go below while it multiplies the same
+matrices: every matrix product one step dispatches (forward and backward: mm, addmm, bmm, baddbmm, i.e. the
+linear layers and the output head; attention runs inside SDPA's fused kernels and is not counted), recorded with
+its shapes, strides and types and replayed alone on random tensors, timed in the same rounds. The step's time over that
+floor says how much is left outside the products; another tool's step over the floor bounds how much faster
+than it any step of the same products can get.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import housebox.models.prior as prior_module
 import housebox.models.transformer as transformer
@@ -85,6 +93,52 @@ def make_case(config: PriorConfig, batch: int, mode: str, seed: int = 0):
     return step
 
 
+PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten.baddbmm.default}
+
+
+class _RecordProducts(TorchDispatchMode):
+    """Records each matrix product run under it: (op, [(shape, stride, dtype) of each tensor argument], kwargs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in PRODUCTS:
+            described = [(tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, described, dict(kwargs)))
+        return func(*args, **kwargs)
+
+
+def products_of(step) -> list[tuple]:
+    """The matrix products one call of `step` runs, in order (see `_RecordProducts`)."""
+    recorder = _RecordProducts()
+    with recorder:
+        step()
+    return recorder.calls
+
+
+def replay_products(calls: list[tuple], seed: int = 0):
+    """A closure running the same products alone, on random tensors laid out as the recorded ones."""
+    g = torch.Generator().manual_seed(seed)
+
+    def tensor(shape, stride, dtype):
+        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride))  # storage the strides reach
+        base = torch.randn(size, generator=g).to(dtype)
+        return base.as_strided(shape, stride)
+
+    prepared = [(func, [tensor(*a) if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype) else a
+                        for a in described], kwargs) for func, described, kwargs in calls]
+
+    def run() -> None:
+        for func, args, kwargs in prepared:
+            func(*args, **kwargs)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", nargs="*", default=["tiny"], help="presets whose priors to time (default tiny)")
@@ -94,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--torch-loss", action="store_true",
                         help="also time each model with F.cross_entropy in place of token_cross_entropy")
+    parser.add_argument("--products", action="store_true",
+                        help="also time each step's matrix products alone: the floor of a step doing the same products")
     args = parser.parse_args(argv)
     modes = MODES + (TORCH_LOSS if args.torch_loss else ())
     torch.set_num_threads(args.threads)
@@ -108,9 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     cases = {(name, mode): make_case(config, batch, mode) for name, config, batch in models for mode in modes}
     for step in cases.values():  # warm up: kernels, allocations
         step()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
+    floors = {}
+    if args.products:
+        floors = {key: replay_products(products_of(step)) for key, step in cases.items()}
+        counts = {key[0]: len(products_of(step)) for key, step in cases.items() if key[1] == "fp32"}
+        for run in floors.values():
+            run()
+    timed = {**{(key, "step"): step for key, step in cases.items()},
+             **{(key, "products"): run for key, run in floors.items()}}
+    times: dict[tuple, list[float]] = {key: [] for key in timed}
     for _ in range(args.rounds):
-        for key, step in cases.items():
+        for key, step in timed.items():
             start = time.perf_counter()
             step()
             times[key].append(time.perf_counter() - start)
@@ -119,9 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| model | batch | {' | '.join(modes)} |")
     print("|---|---|" + "---|" * len(modes))
     for name, _, batch in models:
-        ms = {mode: statistics.median(times[(name, mode)]) * 1000 for mode in modes}
+        ms = {mode: statistics.median(times[((name, mode), "step")]) * 1000 for mode in modes}
         cells = [f"{ms[m]:.1f} ({ms['fp32'] / ms[m]:.2f}x)" for m in modes]
         print(f"| {name} | {batch} | {' | '.join(cells)} |")
+    if floors:
+        print(f"\nmatrix products alone, ms (the floor of a step doing the same products; its share of the step; "
+              f"median of {args.rounds} rounds)")
+        print(f"| model | products a step | {' | '.join(modes)} |")
+        print("|---|---|" + "---|" * len(modes))
+        for name, _, _ in models:
+            cells = []
+            for mode in modes:
+                floor = statistics.median(times[((name, mode), "products")]) * 1000
+                step_ms = statistics.median(times[((name, mode), "step")]) * 1000
+                cells.append(f"{floor:.1f} ({100 * floor / step_ms:.0f}%)")
+            print(f"| {name} | {counts[name]} | {' | '.join(cells)} |")
     return 0
 
 
