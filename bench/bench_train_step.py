@@ -28,6 +28,7 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -97,8 +98,22 @@ PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.a
             torch.ops.aten.baddbmm.default}
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a replayed product needs of a recorded tensor argument."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    def random(self, generator: torch.Generator) -> torch.Tensor:
+        """A random tensor of this shape, dtype and layout (strides over storage just large enough)."""
+        size = 1 + sum((n - 1) * step for n, step in zip(self.shape, self.stride))
+        return torch.randn(size, generator=generator).to(self.dtype).as_strided(self.shape, self.stride)
+
+
 class _RecordProducts(TorchDispatchMode):
-    """Records each matrix product run under it: (op, [(shape, stride, dtype) of each tensor argument], kwargs)."""
+    """Records each matrix product run under it: (op, its arguments with tensors as `TensorSpec`, kwargs)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,7 +122,8 @@ class _RecordProducts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in PRODUCTS:
-            described = [(tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+            described = [TensorSpec(tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+                         for a in args]
             self.calls.append((func, described, dict(kwargs)))
         return func(*args, **kwargs)
 
@@ -123,14 +139,8 @@ def products_of(step) -> list[tuple]:
 def replay_products(calls: list[tuple], seed: int = 0):
     """A closure running the same products alone, on random tensors laid out as the recorded ones."""
     g = torch.Generator().manual_seed(seed)
-
-    def tensor(shape, stride, dtype):
-        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride))  # storage the strides reach
-        base = torch.randn(size, generator=g).to(dtype)
-        return base.as_strided(shape, stride)
-
-    prepared = [(func, [tensor(*a) if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype) else a
-                        for a in described], kwargs) for func, described, kwargs in calls]
+    prepared = [(func, [a.random(g) if isinstance(a, TensorSpec) else a for a in described], kwargs)
+                for func, described, kwargs in calls]
 
     def run() -> None:
         for func, args, kwargs in prepared:
