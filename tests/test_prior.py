@@ -94,6 +94,38 @@ def test_compiled_sampling_gives_the_eager_codes():
         assert torch.equal(run(True, batch, **options), run(False, batch, **options)), (batch, options)
 
 
+@pytest.mark.slow
+def test_compiled_sampling_keeps_the_cache_static_for_cuda_graphs(monkeypatch):
+    """CUDA graphs (`--compile` on a GPU) are skipped for a step that writes into an input torch does not know
+    to be static, and replay copies every non-static input first. Checked on a CPU with torch's own metadata of
+    the graph the real sampling loop compiles: the written inputs (key and value buffers) are static, and so is
+    every input but the four that change each token (ids, the window's context, the position, the draw)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    import housebox.generate.sampling as sampling
+
+    seen = {}
+
+    def capture(gm, example_inputs):
+        meta = getattr(torch._guards.TracingContext.get(), "fw_metadata", None)
+        if meta is None or not hasattr(meta, "static_input_indices"):
+            pytest.skip("this torch keeps a graph's input metadata elsewhere")
+        seen["mutated"] = {i for i, info in enumerate(meta.input_info) if info.mutates_data}
+        seen["static"] = set(meta.static_input_indices)
+        seen["inputs"] = len(example_inputs)
+        return gm
+
+    step = torch.compile(sampling.token_step, backend=aot_autograd(fw_compiler=capture), dynamic=False,
+                         fullgraph=True)
+    monkeypatch.setattr(sampling, "compiled_step", lambda prior: step)
+    torch._dynamo.reset()
+    prior = tiny_prior(rotary=True)
+    sample_codes(prior, n_tokens=40, labels=labels(2), compiled=True, progress=False)
+    assert seen["mutated"], "the step writes its keys and values into the cache"
+    assert seen["mutated"] <= seen["static"]
+    assert seen["inputs"] - len(seen["static"]) == 4
+
+
 def test_logits_are_causal_in_the_codes():
     prior = tiny_prior()
     c = cond(prior, 1)

@@ -244,6 +244,17 @@ def compiled_step(prior: Prior) -> Callable[..., Tensor]:
     return step
 
 
+def static_for_graphs(cache: KVCache) -> None:
+    """Tell torch.compile that the cache's tensors keep their addresses for the run (`mark_static_address`,
+    unguarded: a later run's new cache reuses the graph). Otherwise CUDA graphs (the "reduce-overhead" mode)
+    are skipped for the whole step, because it writes into inputs that are not static (the key and value
+    buffers), and even if they were not, every replay would first copy each weight view and buffer into the
+    graph's own memory. What stays an input copied per token: the ids, the window's context, the position
+    and the uniform draw."""
+    for tensor in cache.tensors():
+        torch._dynamo.mark_static_address(tensor, guard=False)
+
+
 @contextmanager
 def _guards_skipped(skip: bool):
     """Within the block, torch.compile runs a compiled function's graph without checking its inputs against the
@@ -322,6 +333,8 @@ def _sample_codes(
     # position this window has not written, so what an earlier window left behind is never seen
     cache = prior.new_cache(b * copies)
     one_step = compiled_step(prior) if compiled else None
+    if compiled:
+        static_for_graphs(cache)
     settings = dict(scales=tuple(scales), temperature=temperature, top_k=top_k, top_p=top_p)
     positions = torch.arange(config.n_ctx, device=device)
     compiled_calls = 0

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -603,6 +603,13 @@ class KVCache:
     @property
     def batch(self) -> int:
         return self.keys[0].shape[0]
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the cache holds (buffers, weights, masks): what stays at one address for a sampling run."""
+        held = [*self.keys, *self.values, self.final_weight, self.final_bias, self.prev_mask, self.head_t]
+        for weights in self.weights:
+            held.extend(getattr(weights, field.name) for field in fields(weights))
+        return [t for t in held if t is not None]
 
 
 class Transformer(nn.Module):
